@@ -1,0 +1,43 @@
+"""The ``calibseg`` command. Each command group lives in its own module; heavy libraries
+(torch, MONAI) are imported inside commands so ``calibseg --help`` stays fast."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="calibseg",
+    help="Calibrated probabilities and honest uncertainty for segmentation networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# (module, attribute): a typer app mounted as a group, or a register(app) function
+_GROUPS: list[tuple[str, str | None]] = [
+    ("calibseg.cli.bundle", "bundle"),
+    ("calibseg.cli.data", "data"),
+    ("calibseg.cli.run", None),
+    ("calibseg.cli.ensemble", "ensemble"),
+    ("calibseg.cli.metrics", "metrics"),
+    ("calibseg.cli.report", None),
+    ("calibseg.cli.storage", "storage"),
+    ("calibseg.cli.demo", None),
+]
+
+for _module, _name in _GROUPS:
+    _mod = importlib.import_module(_module)
+    if _name is None:
+        _mod.register(app)
+    else:
+        app.add_typer(_mod.app, name=_name, help=_mod.__doc__.strip().splitlines()[0])
+
+
+def main() -> None:
+    """Entry point: run the app; known errors become one red line and exit code 1."""
+    from calibseg.cli.common import run_app
+
+    sys.exit(run_app(app))
