@@ -21,6 +21,7 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("calibseg.cli.bundle", "bundle"),
     ("calibseg.cli.data", "data"),
     ("calibseg.cli.run", None),
+    ("calibseg.cli.evaluate", None),
     ("calibseg.cli.ensemble", "ensemble"),
     ("calibseg.cli.metrics", "metrics"),
     ("calibseg.cli.report", None),
