@@ -8,14 +8,18 @@ file that looks whole.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from calibseg.storage_config import redact
 
 __all__ = [
     "is_remote",
@@ -36,6 +40,16 @@ __all__ = [
     "write_text",
     "read_json",
     "write_json",
+    "redact",
+    "friendly_errors",
+    "PART_SIZE",
+    "file_etag",
+    "file_sha256",
+    "list_files",
+    "TransferResult",
+    "push",
+    "pull",
+    "remove",
 ]
 
 
@@ -145,8 +159,9 @@ def local_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator
         tmp = os.path.join(tmpdir, "part" + suffix)
         try:
             yield tmp
-            fs, p = filesystem(target)
-            fs.put_file(tmp, p)
+            with friendly_errors(target):
+                fs, p = filesystem(target)
+                fs.put_file(tmp, p)
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
         return
@@ -182,13 +197,12 @@ def local_path(path: str | os.PathLike) -> Iterator[str]:
             raise FileNotFoundError(f"no such file: {s}")
         yield local
         return
-    import hashlib
-
-    fs, p = filesystem(s)
-    try:
-        info = fs.info(p)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such file: {s}") from None
+    with friendly_errors(s):
+        fs, p = filesystem(s)
+        try:
+            info = fs.info(p)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such file: {redact(s)}") from None
     tag = f"{s}|{info.get('size')}|{info.get('ETag') or info.get('etag') or info.get('mtime')}"
     key = hashlib.sha256(tag.encode()).hexdigest()[:24]
     name = os.path.basename(p)
@@ -198,7 +212,8 @@ def local_path(path: str | os.PathLike) -> Iterator[str]:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(cached), suffix=".part")
         os.close(fd)
         try:
-            fs.get_file(p, tmp)
+            with friendly_errors(s):
+                fs.get_file(p, tmp)
             os.replace(tmp, cached)
         finally:
             if os.path.exists(tmp):
@@ -238,3 +253,409 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+# --------------------------------------------------------------------------- transfers
+#
+# Skip-if-identical: an object is identical to a local file when the sizes match and
+# (a) its ETag equals the ETag computed locally with the same upload rule s3fs uses
+#     (one PUT → MD5 of the bytes; multipart with part size P → MD5 of the parts' binary
+#     MD5s + "-<n parts>"; files of at least 2·P bytes are sent as multipart), or
+# (b) its ``x-amz-meta-sha256`` metadata (written by :func:`push` on every upload) equals
+#     the local SHA-256 — used when the ETag was made with another part size or is not an
+#     MD5 (e.g. server-side encryption with KMS).
+# Listing gives size + ETag for free, so (a) costs no request per object; (b) one HEAD.
+
+PART_SIZE = 8 * 2**20
+_ETAG_PART_SIZES = (5 * 2**20, 8 * 2**20, 16 * 2**20, 50 * 2**20, 64 * 2**20)
+_READ_BLOCK = 2**20
+
+
+def _md5_ranges(path: str, part_size: int) -> list[bytes]:
+    digests = []
+    with open(path, "rb") as f:
+        while True:
+            h = hashlib.md5()
+            left = part_size
+            while left > 0:
+                block = f.read(min(_READ_BLOCK, left))
+                if not block:
+                    break
+                h.update(block)
+                left -= len(block)
+            if left == part_size and digests:
+                break
+            digests.append(h.digest())
+            if left > 0:
+                break
+    return digests
+
+
+def file_etag(path: str | os.PathLike, part_size: int = PART_SIZE) -> str:
+    """The S3 ETag an upload of local ``path`` by :func:`push` (s3fs) gets, without quotes.
+
+    Files smaller than ``2 * part_size`` go in one PUT (ETag = MD5 hex); larger ones in parts
+    of ``part_size`` bytes (ETag = MD5 of the concatenated part MD5s, ``-<n parts>``).
+    """
+    size = os.path.getsize(path)
+    if size < 2 * part_size:
+        return _md5_ranges(str(path), max(size, 1))[0].hex()
+    parts = _md5_ranges(str(path), part_size)
+    return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a local file (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_READ_BLOCK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _etag_matches(local: str, etag: str, default_part: int) -> bool:
+    etag = etag.strip('"')
+    if not etag:
+        return False
+    size = os.path.getsize(local)
+    if "-" not in etag:
+        return size < 2**31 and file_etag(local, part_size=max(size, 1)) == etag
+    n = int(etag.rsplit("-", 1)[1])
+    candidates = [default_part, *_ETAG_PART_SIZES]
+    seen = set()
+    for ps in candidates:
+        if ps in seen or -(-size // ps) != n:
+            continue
+        seen.add(ps)
+        parts = _md5_ranges(local, ps)
+        if f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}" == etag:
+            return True
+    return False
+
+
+def _error_message(exc: BaseException, url: str) -> str | None:
+    """A one-line explanation for a storage failure, or None if not a storage error."""
+    from calibseg import storage_config
+
+    text = f"{type(exc).__name__}: {exc}"
+    low = text.lower()
+    where = redact(url)
+    endpoint = redact(storage_config.endpoint_url() or "the AWS default endpoint")
+    if any(
+        k in low
+        for k in (
+            "invalidaccesskeyid",
+            "signaturedoesnotmatch",
+            "invalidclienttokenid",
+            "unrecognizedclient",
+            "nocredentials",
+            "unable to locate credentials",
+            "expiredtoken",
+            "the aws access key id",
+        )
+    ):
+        return (
+            f"S3 rejected the credentials for {where}: check AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY (environment or .env)."
+        )
+    if "nosuchbucket" in low or "bucket does not exist" in low or "specified bucket" in low:
+        bucket = where.split("://", 1)[-1].split("/", 1)[0]
+        return f"S3 bucket '{bucket}' does not exist at {endpoint} (create it or fix the URL)."
+    if "accessdenied" in low or "access denied" in low or isinstance(exc, PermissionError):
+        return (
+            f"access denied to {where}: wrong credentials or missing permission "
+            "(check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment or .env)."
+        )
+    if any(
+        k in low
+        for k in (
+            "could not connect",
+            "connection refused",
+            "endpointconnectionerror",
+            "cannot connect",
+            "connect timeout",
+            "connecttimeout",
+            "name or service",
+        )
+    ):
+        return (
+            f"cannot reach the S3 endpoint {endpoint} (connection refused or timed out): "
+            "check CALIBSEG_S3_ENDPOINT_URL and the network."
+        )
+    if any(
+        k in low
+        for k in (
+            "incompleteread",
+            "connection was closed",
+            "read timeout",
+            "responsestreamingerror",
+            "clientpayloaderror",
+        )
+    ):
+        return f"transfer of {where} was interrupted ({type(exc).__name__}); rerun to resume."
+    return None
+
+
+@contextmanager
+def friendly_errors(url: str) -> Iterator[None]:
+    """Turn S3/network failures into one-line errors (credentials never in the message).
+
+    Raises PermissionError (credentials/access), FileNotFoundError (missing bucket),
+    ConnectionError (unreachable endpoint, interrupted transfer); other errors pass through.
+    """
+    try:
+        yield
+    except FileNotFoundError as e:
+        msg = _error_message(e, url)
+        if msg:
+            raise FileNotFoundError(msg) from None
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # noqa: BLE001 - classified below, re-raised otherwise
+        msg = _error_message(e, url)
+        if msg is None:
+            raise
+        low = msg.lower()
+        if "does not exist" in low:
+            raise FileNotFoundError(msg) from None
+        if "credentials" in low or "access denied" in low:
+            raise PermissionError(msg) from None
+        raise ConnectionError(msg) from None
+
+
+def _url(fs, path: str, proto: str | None) -> str:
+    return f"{proto}://{path}" if proto else path
+
+
+def list_files(url: str | os.PathLike, recursive: bool = True) -> list[dict[str, Any]]:
+    """Files under ``url`` (a folder/prefix or a single file), sorted by path.
+
+    Returns dicts ``{"path": full path/URL, "rel": path relative to url, "size": bytes,
+    "etag": str or ""}``. Object-store listings follow continuation tokens, so any number of
+    keys is returned (S3 pages hold at most 1,000).
+    """
+    s = str(url)
+    with friendly_errors(s):
+        fs, p = filesystem(s)
+        proto = s.split("://", 1)[0] if is_remote(s) else None
+        p = p.rstrip("/")
+        info = _probe(fs, p, s)
+        if info["type"] == "file":
+            return [_entry(info, os.path.dirname(p), proto)]
+        found = fs.find(p, maxdepth=None if recursive else 1, detail=True)
+    return sorted(
+        (_entry(info, p, proto) for info in found.values() if info.get("type") != "directory"),
+        key=lambda e: e["rel"],
+    )
+
+
+def _probe(fs, p: str, url: str) -> dict:
+    """``fs.info`` that tells a missing bucket from a missing key and lets auth errors through."""
+    try:
+        return fs.info(p)
+    except FileNotFoundError:
+        pass
+    if is_remote(url):
+        bucket = p.split("/", 1)[0]
+        try:
+            fs.info(bucket)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"S3 bucket '{bucket}' does not exist (create it or fix the URL {redact(url)})."
+            ) from None
+    raise FileNotFoundError(f"no such file or folder: {redact(url)}")
+
+
+def _entry(info: dict, base: str, proto: str | None) -> dict[str, Any]:
+    name = info["name"]
+    rel = name[len(base) :].lstrip("/") if name.startswith(base) else os.path.basename(name)
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    return {"path": _url(None, name, proto), "rel": rel, "size": int(info["size"]), "etag": etag}
+
+
+@dataclass
+class TransferResult:
+    """What a push/pull did: relative paths copied and skipped, bytes sent."""
+
+    copied: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    bytes: int = 0
+
+
+def _byte_callback(on_bytes):
+    from fsspec.callbacks import Callback
+
+    class _Forward(Callback):
+        def call(self, *args, **kwargs):
+            delta = self.value - self._last
+            self._last = self.value
+            if delta > 0 and on_bytes is not None:
+                on_bytes(delta)
+
+        def relative_update(self, inc=1):
+            self.value += inc
+            self.call()
+
+        def absolute_update(self, value):
+            self.value = value
+            self.call()
+
+    cb = _Forward()
+    cb._last = 0
+    return cb
+
+
+def _plan(sources: list[dict], dest_index: dict[str, dict], same) -> tuple[list[dict], list[dict]]:
+    todo, skip = [], []
+    for e in sources:
+        d = dest_index.get(e["rel"])
+        (skip if d is not None and d["size"] == e["size"] and same(e, d) else todo).append(e)
+    return todo, skip
+
+
+def push(
+    src: str | os.PathLike,
+    dst: str,
+    part_size: int = PART_SIZE,
+    dry_run: bool = False,
+    on_start=None,
+    on_bytes=None,
+) -> TransferResult:
+    """Upload a local file or folder (recursively) to a remote URL prefix.
+
+    Files identical to the existing object (size + ETag/SHA-256, see module notes) are
+    skipped, so rerunning an interrupted push only sends what is missing. Each object is
+    created in one atomic PUT or one completed multipart upload of ``part_size`` parts and
+    carries its SHA-256 in ``x-amz-meta-sha256``.
+    ``on_start(todo_list, total_bytes)`` and ``on_bytes(n)`` report progress.
+    """
+    src, dst = str(src), str(dst)
+    if is_remote(src) or not is_remote(dst):
+        raise ValueError(f"push copies a local path to a URL, got {redact(src)} → {redact(dst)}.")
+    if part_size < 5 * 2**20:
+        raise ValueError(f"part_size must be at least 5 MiB (S3 minimum), got {part_size}.")
+    local = os.path.abspath(_strip_file(src))
+    if not os.path.exists(local):
+        raise FileNotFoundError(f"no such file or folder: {src}")
+    if os.path.isfile(local):
+        sources = [{"path": local, "rel": os.path.basename(local), "size": os.path.getsize(local)}]
+        if dst.endswith("/"):
+            dst = dst + os.path.basename(local)
+        target_base = dst.rsplit("/", 1)[0]
+        sources[0]["rel"] = dst.rsplit("/", 1)[1]
+    else:
+        sources = list_files(local)
+        target_base = dst.rstrip("/")
+    with friendly_errors(dst):
+        fs, base = filesystem(target_base)
+        existing = {}
+        if fs.exists(base):
+            existing = {e["rel"]: e for e in list_files(target_base)}
+
+        def same(e: dict, d: dict) -> bool:
+            if _etag_matches(e["path"], d["etag"], part_size):
+                return True
+            meta = fs.metadata(d["path"].split("://", 1)[1])
+            return meta.get("sha256") == file_sha256(e["path"])
+
+        todo, skip = _plan(sources, existing, same)
+        result = TransferResult(skipped=[e["rel"] for e in skip])
+        if on_start is not None:
+            on_start(todo, sum(e["size"] for e in todo))
+        if dry_run:
+            result.copied = [e["rel"] for e in todo]
+            return result
+        for e in todo:
+            target = base.rstrip("/") + "/" + e["rel"]
+            fs.put_file(
+                e["path"],
+                target,
+                callback=_byte_callback(on_bytes),
+                chunksize=part_size,
+                Metadata={"sha256": file_sha256(e["path"])},
+            )
+            result.copied.append(e["rel"])
+            result.bytes += e["size"]
+    return result
+
+
+def pull(
+    src: str,
+    dst: str | os.PathLike,
+    dry_run: bool = False,
+    on_start=None,
+    on_bytes=None,
+) -> TransferResult:
+    """Download a remote object or prefix (recursively) into a local file or folder.
+
+    Local files identical to the object (size + ETag, or the object's SHA-256 metadata) are
+    skipped. Each file is written to a temporary name and renamed when complete, so an
+    interrupted pull never leaves a partial file under the final name.
+    """
+    src, dst = str(src), str(dst)
+    if not is_remote(src) or is_remote(dst):
+        raise ValueError(f"pull copies a URL to a local path, got {redact(src)} → {redact(dst)}.")
+    local = os.path.abspath(_strip_file(dst))
+    with friendly_errors(src):
+        fs, p = filesystem(src)
+        sources = list_files(src)
+        single = len(sources) == 1 and fs.isfile(p.rstrip("/"))
+        if single and not (dst.endswith("/") or os.path.isdir(local)):
+            base, sources[0]["rel"] = os.path.dirname(local), os.path.basename(local)
+        else:
+            base = local
+
+        def same(e: dict, d: dict) -> bool:
+            if _etag_matches(d["path"], e["etag"], PART_SIZE):
+                return True
+            meta = fs.metadata(e["path"].split("://", 1)[1])
+            return meta.get("sha256") == file_sha256(d["path"])
+
+        present = {}
+        for e in sources:
+            lp = os.path.join(base, e["rel"])
+            if os.path.isfile(lp):
+                present[e["rel"]] = {"path": lp, "size": os.path.getsize(lp)}
+        todo, skip = _plan(sources, present, same)
+        result = TransferResult(skipped=[e["rel"] for e in skip])
+        if on_start is not None:
+            on_start(todo, sum(e["size"] for e in todo))
+        if dry_run:
+            result.copied = [e["rel"] for e in todo]
+            return result
+        for e in todo:
+            target = os.path.join(base, e["rel"])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{os.path.basename(target)}.", suffix=".part", dir=os.path.dirname(target)
+            )
+            os.close(fd)
+            try:
+                fs.get_file(e["path"].split("://", 1)[1], tmp, callback=_byte_callback(on_bytes))
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            result.copied.append(e["rel"])
+            result.bytes += e["size"]
+    return result
+
+
+def remove(url: str | os.PathLike, dry_run: bool = False) -> list[str]:
+    """Delete a file/object or everything under a folder/prefix; returns the removed paths.
+
+    With ``dry_run`` nothing is deleted and the paths that would be removed are returned.
+    Deletes go in batches (S3 DeleteObjects, 1,000 keys per request).
+    """
+    s = str(url)
+    files = [e["path"] for e in list_files(s)]
+    if dry_run or not files:
+        return files
+    with friendly_errors(s):
+        fs, _ = filesystem(s)
+        paths = [f.split("://", 1)[1] if is_remote(f) else f for f in files]
+        fs.rm(paths)
+        if not is_remote(s) and os.path.isdir(_strip_file(s)):
+            shutil.rmtree(_strip_file(s), ignore_errors=True)
+    return files
