@@ -74,10 +74,16 @@ def test_push_pull_roundtrip_skips_identical_incl_multipart(tmp_path, s3_env, mo
     assert not list(dst.rglob("*.part"))
 
 
+@pytest.mark.slow
 def test_listing_paginates_beyond_1000_keys_and_rm_requires_yes(tmp_path, s3_env, moto_endpoint):
     n = 1050
-    fs, _ = storage.filesystem(f"s3://{s3_env}")
-    fs.pipe({f"{s3_env}/many/k{i:05d}.txt": b"x" * (i % 7) for i in range(n)})
+    # seed the (in-process) server's store directly: 1,050 HTTP PUTs would take ~10 s here
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    for i in range(n):
+        backend.put_object(s3_env, f"many/k{i:05d}.txt", b"x" * (i % 7))
     client = _client(moto_endpoint)
     page = client.list_objects_v2(Bucket=s3_env, Prefix="many/")
     assert page["IsTruncated"] and page["KeyCount"] == 1000  # the server pages at 1,000
