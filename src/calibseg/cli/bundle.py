@@ -1,7 +1,64 @@
-"""Bundle commands."""
+"""Bundle commands: create and list experiment bundles."""
 
 from __future__ import annotations
 
 import typer
 
+from calibseg.cli.common import console
+
 app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("create")
+def create(
+    data: str = typer.Option(
+        ..., "--data", help="Dataset: acdc17, amos22, brats21, kits23, synthetic."
+    ),
+    loss: str = typer.Option(..., "--loss", help="Loss, e.g. baseline_dice_ce, hardl1ace_dice_ce."),
+    out: str = typer.Option("bundles", "--out", help="Folder (or s3:// URL) holding the bundles."),
+    data_root: str = typer.Option(
+        None, "--data-root", help="Dataset root (default: $CALIBSEG_DATA_<NAME>)."
+    ),
+) -> None:
+    """Create the bundle <data>_<loss>_<hash8> (an existing one is reused, never overwritten).
+
+    Example: calibseg bundle create --data synthetic --loss softl1ace_dice_ce --data-root data/synth
+    """
+    from calibseg import storage
+    from calibseg.bundles import _hash_files as hash_files
+    from calibseg.bundles import create_bundle, render_bundle
+
+    name = f"{data}_{loss}_{hash_files(render_bundle(data, loss, data_root))[:8]}"
+    existed = storage.exists(storage.join(out, name, "configs", "data.yaml"))
+    path = create_bundle(data, loss, out=out, data_root=data_root)
+    if existed:
+        console.print(f"bundle [bold]{path}[/] already exists; reusing it (nothing overwritten).")
+    else:
+        console.print(f"created bundle [bold]{path}[/]")
+
+
+@app.command("list")
+def list_(
+    root: str = typer.Option(
+        "bundles", "--root", help="Folder (or s3:// URL) holding the bundles."
+    ),
+) -> None:
+    """Show the bundles under a folder: data, loss, runs and best validation Dice.
+
+    Example: calibseg bundle list --root bundles
+    """
+    from rich.table import Table
+
+    from calibseg.bundles import list_bundles
+
+    rows = list_bundles(root)
+    if not rows:
+        console.print(f"no bundles under {root}; create one with `calibseg bundle create`.")
+        return
+    table = Table(title=f"bundles in {root}")
+    for col in ("name", "data", "loss", "runs", "best Dice"):
+        table.add_column(col, justify="right" if col == "best Dice" else "left")
+    for r in rows:
+        dice = "-" if r["best_dice"] is None else f"{r['best_dice']:.3f}"
+        table.add_row(r["name"], str(r["data"]), str(r["loss"]), ", ".join(r["runs"]) or "-", dice)
+    console.print(table)

@@ -1,9 +1,75 @@
-"""Run commands."""
+"""Run commands: train and predict with a bundle."""
 
 from __future__ import annotations
 
 import typer
 
+from calibseg.cli.common import console
+
+
+def _rater(value: str | None):
+    if value is None:
+        return None
+    return int(value) if value.isdigit() else value
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the top-level app."""
+    """Add ``train`` and ``predict`` to the top-level app."""
+
+    @app.command("train")
+    def train(
+        bundle: str = typer.Argument(..., help="Bundle folder (from `calibseg bundle create`)."),
+        seed: int = typer.Option(0, "--seed", help="Run seed (run folder seed_<seed>)."),
+        debug: bool = typer.Option(False, "--debug", help="Merge configs/debug.yaml (quick run)."),
+        max_epochs: int = typer.Option(None, "--max-epochs", help="Override the epoch count."),
+        run_name: str = typer.Option(
+            None, "--run-name", help="Run folder name (default seed_<seed>)."
+        ),
+        rater: str = typer.Option(None, "--rater", help="k (1-based), mean, random or weighted."),
+    ) -> None:
+        """Train a bundle's network; rerunning the same command resumes from the last checkpoint.
+
+        Example: calibseg train bundles/synthetic_softl1ace_dice_ce_1a2b3c4d --seed 0 --max-epochs 20
+        """
+        from calibseg.bundles import require_bundle
+        from calibseg.bundles.runner import train as run_train
+
+        require_bundle(bundle)
+        run = run_train(
+            bundle,
+            seed=seed,
+            max_epochs=max_epochs,
+            debug=debug,
+            run_name=run_name,
+            rater=_rater(rater),
+        )
+        console.print(f"trained: [bold]{run}[/] (logs in {run}/logs)")
+
+    @app.command("predict")
+    def predict(
+        bundle: str = typer.Argument(..., help="Bundle folder."),
+        seed: int = typer.Option(0, "--seed", help="Run seed (run folder seed_<seed>)."),
+        checkpoint: str = typer.Option("best", "--checkpoint", help="best, final, last or a path."),
+        float16: bool = typer.Option(False, "--float16", help="Store probabilities in 16 bits."),
+        run_name: str = typer.Option(
+            None, "--run-name", help="Run folder name (default seed_<seed>)."
+        ),
+        split: str = typer.Option("test", "--split", help="training, validation or test."),
+    ) -> None:
+        """Predict a split with a trained run: <case>_prob.nii.gz ([x,y,z,C]) and <case>_seg.nii.gz.
+
+        Example: calibseg predict bundles/synthetic_softl1ace_dice_ce_1a2b3c4d --seed 0 --checkpoint best
+        """
+        from calibseg.bundles import require_bundle
+        from calibseg.bundles.runner import predict as run_predict
+
+        require_bundle(bundle)
+        out = run_predict(
+            bundle,
+            seed=seed,
+            checkpoint=checkpoint,
+            run_name=run_name,
+            cases=split,
+            float16=float16,
+        )
+        console.print(f"predictions: [bold]{out}[/]")

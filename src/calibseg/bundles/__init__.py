@@ -1,0 +1,329 @@
+"""Experiment bundles: MONAI bundle folders generated from templates, named by content hash.
+
+A bundle is ``<out>/<data>_<loss>_<hash8>/`` with ``configs/{common,train,validation,
+inference_pred,inference_eval,debug,loss,data}.yaml``, ``metadata.json``, ``logging.conf`` and
+``splits.json``. ``hash8`` is the first 8 hex digits of SHA-256 over the rendered files (fixed
+order, relative path and bytes), so any config change gives a new name and the same configs
+give the same name. An existing bundle folder is never overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from importlib import resources
+from typing import Any
+
+from calibseg import storage
+
+__all__ = [
+    "LOSSES",
+    "CONFIG_FILES",
+    "BUNDLE_FILES",
+    "create_bundle",
+    "list_bundles",
+    "load_bundle",
+    "bundle_hash",
+    "render_bundle",
+    "require_bundle",
+    "read_splits",
+]
+
+logger = logging.getLogger(__name__)
+
+LOSSES: tuple[str, ...] = tuple(
+    f"{kind}_{base}"
+    for kind in ("baseline", "hardl1ace", "softl1ace")
+    for base in ("ce", "dice", "dice_ce")
+)
+
+# merge order for ConfigParser (later files override earlier keys); debug.yaml only with --debug
+CONFIG_FILES: tuple[str, ...] = (
+    "common",
+    "data",
+    "loss",
+    "train",
+    "validation",
+    "inference_pred",
+    "inference_eval",
+    "debug",
+)
+# the files that define a bundle, in the fixed order used for its hash
+BUNDLE_FILES: tuple[str, ...] = (
+    *(f"configs/{c}.yaml" for c in CONFIG_FILES),
+    "metadata.json",
+    "logging.conf",
+)
+
+# per-dataset sizes: patch (roi) size, network width, epochs, validation interval
+_DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "acdc17": {"roi_size": [192, 192, 16], "init_filters": 32, "max_epochs": 300},
+    "amos22": {"roi_size": [128, 128, 128], "init_filters": 32, "max_epochs": 300},
+    "brats21": {"roi_size": [128, 128, 128], "init_filters": 32, "max_epochs": 300},
+    "kits23": {"roi_size": [128, 128, 128], "init_filters": 32, "max_epochs": 300},
+    "synthetic": {"roi_size": [32, 32, 32], "init_filters": 8, "max_epochs": 40},
+}
+_REGION_DATASETS = ("kits23", "brats21")
+
+
+def _template(rel: str) -> bytes:
+    return resources.files("calibseg.bundles").joinpath("templates", rel).read_bytes()
+
+
+def _check_loss(loss: str) -> None:
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; valid losses: {', '.join(LOSSES)}.")
+
+
+def _set_key(cfg: dict, key: str, value: Any) -> None:
+    parts = key.replace("::", "#").split("#")
+    node = cfg
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {key!r}: {p!r} is not a mapping.")
+    node[parts[-1]] = value
+
+
+def render_bundle(
+    data: str,
+    loss: str,
+    data_root: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, bytes]:
+    """Render the bundle files for ``data`` and ``loss``: ``{relative path: bytes}``.
+
+    ``overrides`` maps ``"<config>#<key>[#<subkey>...]"`` to a value, e.g.
+    ``{"train#max_epochs": 5, "loss#ace_weight": 0.5}`` (``<config>`` is one of CONFIG_FILES).
+    Raises ValueError for an unknown dataset, loss or config name; the data root is resolved
+    through the dataset's ``resolve_root`` (option, else its environment variable).
+    """
+    import yaml
+
+    from calibseg.data import get_dataset
+
+    _check_loss(loss)
+    spec = get_dataset(data)
+    root = spec.resolve_root(data_root)
+    if not storage.is_remote(root):
+        root = os.path.abspath(root)
+    d = {**_DATASET_DEFAULTS.get(data, _DATASET_DEFAULTS["synthetic"])}
+    values = {
+        "dataset": data,
+        "loss": loss,
+        "num_classes": len(spec.class_names),
+        "in_channels": int(spec.in_channels),
+        "roi_size": json.dumps(list(d["roi_size"])),
+        "init_filters": d["init_filters"],
+        "max_epochs": d["max_epochs"],
+        "val_interval": 1 if data == "synthetic" else 5,
+        "regions": "true" if data in _REGION_DATASETS else "false",
+        "class_names": json.dumps(list(spec.class_names)),
+        "channel_def": json.dumps({str(i): n for i, n in enumerate(spec.class_names)}),
+        "data_root": json.dumps(str(root)),
+    }
+
+    def fill(text: str) -> str:
+        for k, v in values.items():
+            text = text.replace("{{" + k + "}}", str(v))
+        return text
+
+    files: dict[str, bytes] = {}
+    for rel in BUNDLE_FILES:
+        src = f"losses/{loss}.yaml" if rel == "configs/loss.yaml" else rel
+        files[rel] = fill(_template(src).decode("utf-8")).encode("utf-8")
+
+    by_file: dict[str, list[tuple[str, Any]]] = {}
+    for key, value in (overrides or {}).items():
+        name, _, rest = key.replace("::", "#").partition("#")
+        if name not in CONFIG_FILES or not rest:
+            raise ValueError(
+                f"override {key!r} must look like '<config>#<key>' with <config> one of "
+                f"{', '.join(CONFIG_FILES)}."
+            )
+        by_file.setdefault(name, []).append((rest, value))
+    for name, items in by_file.items():
+        rel = f"configs/{name}.yaml"
+        cfg = yaml.safe_load(files[rel]) or {}
+        for k, v in items:
+            _set_key(cfg, k, v)
+        files[rel] = yaml.safe_dump(cfg, sort_keys=False).encode("utf-8")
+    return files
+
+
+def _hash_files(files: dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for rel in BUNDLE_FILES:
+        h.update(rel.encode() + b"\0" + files[rel] + b"\0")
+    return h.hexdigest()
+
+
+def bundle_hash(bundle: str) -> str:
+    """Full SHA-256 hex digest of a bundle's defining files (its name carries the first 8)."""
+    files = {}
+    for rel in BUNDLE_FILES:
+        p = storage.join(bundle, rel)
+        if not storage.exists(p):
+            raise FileNotFoundError(f"{bundle} is not a complete bundle: {rel} is missing.")
+        files[rel] = storage.read_bytes(p)
+    return _hash_files(files)
+
+
+def require_bundle(bundle: str) -> str:
+    """Return ``bundle`` if it is a bundle folder, else raise FileNotFoundError (one line)."""
+    if not storage.exists(storage.join(str(bundle), "configs", "data.yaml")):
+        raise FileNotFoundError(
+            f"no bundle at {bundle}; create one with `calibseg bundle create --data D --loss L`."
+        )
+    return str(bundle)
+
+
+def read_splits(bundle: str) -> dict[str, list[dict]]:
+    """The bundle's ``splits.json``: {"training", "validation", "test": [data items]}."""
+    return storage.read_json(storage.join(require_bundle(bundle), "splits.json"))
+
+
+def _write_splits(bundle: str, data: str, root: str, split_seed: int, fractions) -> None:
+    from calibseg.data import get_dataset, make_splits
+
+    spec = get_dataset(data)
+    items = spec.scan(root)
+    if not items:
+        raise FileNotFoundError(f"no {data} cases found under {root}.")
+    problems = spec.validate(items)
+    if problems:
+        raise ValueError(f"{data} data under {root} has problems: {problems[0]}")
+    splits = make_splits(items, split_seed=split_seed, fractions=tuple(fractions))
+    storage.write_json(storage.join(bundle, "splits.json"), splits)
+
+
+def create_bundle(
+    data: str,
+    loss: str,
+    out: str = "bundles",
+    data_root: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> str:
+    """Create (or find) the bundle ``<out>/<data>_<loss>_<hash8>`` and return its path.
+
+    The same inputs always give the same folder; an existing folder is reused, never
+    overwritten. ``splits.json`` is computed once, with the split seed of ``data.yaml``.
+    """
+    import yaml
+
+    files = render_bundle(data, loss, data_root=data_root, overrides=overrides)
+    name = f"{data}_{loss}_{_hash_files(files)[:8]}"
+    path = storage.join(str(out), name)
+    data_cfg = yaml.safe_load(files["configs/data.yaml"])
+    exists = storage.exists(storage.join(path, "configs", "data.yaml"))
+    if exists:
+        logger.info("bundle %s exists; reusing it", path)
+    elif storage.is_remote(path):
+        for rel, content in files.items():
+            storage.write_bytes(storage.join(path, rel), content)
+    else:
+        os.makedirs(out, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{name}.", dir=out)
+        try:
+            for rel, content in files.items():
+                os.makedirs(os.path.join(tmp, os.path.dirname(rel)), exist_ok=True)
+                with open(os.path.join(tmp, rel), "wb") as f:
+                    f.write(content)
+            try:
+                os.rename(tmp, path)  # atomic; fails if another process created it meanwhile
+            except OSError:
+                if not os.path.isdir(path):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not storage.exists(storage.join(path, "splits.json")):
+        _write_splits(
+            path,
+            data,
+            data_cfg["data_root"],
+            int(data_cfg.get("split_seed", 0)),
+            data_cfg.get("split_fractions", (0.6, 0.2, 0.2)),
+        )
+    return path
+
+
+def load_bundle(bundle: str, debug: bool = False, overrides: dict[str, Any] | None = None) -> Any:
+    """A ``monai.bundle.ConfigParser`` holding the bundle's merged configs.
+
+    Files are merged in CONFIG_FILES order (``debug.yaml`` only when ``debug``); ``overrides``
+    maps config ids (``"max_epochs"``, ``"network_def#init_filters"``) to values.
+    """
+    from monai.bundle import ConfigParser
+
+    require_bundle(bundle)
+    names = [c for c in CONFIG_FILES if debug or c != "debug"]
+    parser = ConfigParser()
+    with tempfile.TemporaryDirectory(prefix="calibseg-cfg-") as tmp:
+        paths = []
+        for c in names:
+            p = os.path.join(tmp, f"{c}.yaml")
+            with open(p, "wb") as f:
+                f.write(storage.read_bytes(storage.join(bundle, "configs", f"{c}.yaml")))
+            paths.append(p)
+        parser.read_config(paths)
+    parser["bundle_root"] = str(bundle)
+    for k, v in (overrides or {}).items():
+        parser[k] = v
+    return parser
+
+
+def _best_dice(run_dir: str) -> float | None:
+    for rel in ("training_summary.json", "evaluation/summary.json"):
+        p = storage.join(run_dir, rel)
+        if not storage.exists(p):
+            continue
+        try:
+            s = storage.read_json(p)
+        except ValueError:
+            continue
+        v = s.get("best_dice") if rel == "training_summary.json" else s.get("mean_dice")
+        if isinstance(v, (int, float)):
+            return float(v)
+    return None
+
+
+def list_bundles(root: str = "bundles") -> list[dict]:
+    """Bundles under ``root``: [{"name", "path", "data", "loss", "runs", "best_dice"}].
+
+    ``runs`` lists run folders (those with checkpoints); ``best_dice`` is the best validation
+    Dice over them (None when no run has validated yet). Missing root → FileNotFoundError.
+    """
+    import yaml
+
+    if not storage.exists(str(root)):
+        raise FileNotFoundError(f"no bundle folder {root}.")
+    out = []
+    for name in storage.ls(str(root)):
+        path = storage.join(str(root), name)
+        cfg_path = storage.join(path, "configs", "data.yaml")
+        if name.startswith(".") or not storage.exists(cfg_path):
+            continue
+        data_cfg = yaml.safe_load(storage.read_text(cfg_path)) or {}
+        loss_cfg = yaml.safe_load(storage.read_text(storage.join(path, "configs", "loss.yaml")))
+        runs, dices = [], []
+        for run in storage.ls(path):
+            if storage.exists(storage.join(path, run, "checkpoints")):
+                runs.append(run)
+                d = _best_dice(storage.join(path, run))
+                if d is not None:
+                    dices.append(d)
+        out.append(
+            {
+                "name": name,
+                "path": path,
+                "data": data_cfg.get("dataset"),
+                "loss": (loss_cfg or {}).get("loss_name"),
+                "runs": runs,
+                "best_dice": max(dices) if dices else None,
+            }
+        )
+    return out

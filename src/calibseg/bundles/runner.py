@@ -1,0 +1,536 @@
+"""Train and predict with a bundle.
+
+Training is a plain epoch loop (so that resuming is exact): SegResNetDS with optional deep
+supervision, AdamW with a warm-up cosine schedule stepped per iteration, AMP on CUDA only,
+validation every ``val_interval`` epochs with Dice and ECE / ACE / MCE, best-Dice checkpoint,
+optional early stopping, TensorBoard and text logs.
+
+Exact resume: every epoch ends with an atomic ``checkpoints/last.pt`` holding model, optimiser,
+scheduler, scaler, the torch / numpy / python RNG states, early-stopping state and the epoch.
+Shuffling and random augmentation are seeded per epoch from (seed, epoch), so an interrupted
+run continued from its last checkpoint gives the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import logging.config
+import os
+import random
+import tempfile
+import time
+from typing import Any
+
+from calibseg import storage
+from calibseg.bundles import bundle_hash, load_bundle, read_splits, require_bundle
+
+__all__ = ["train", "predict", "load_checkpoint", "run_dir"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+def run_dir(bundle: str, seed: int = 0, run_name: str | None = None) -> str:
+    """The run folder ``<bundle>/<run_name or seed_<seed>>``."""
+    return storage.join(str(bundle), run_name or f"seed_{seed}")
+
+
+def _derive_seed(*parts: int) -> int:
+    """A 31-bit seed from integers (stable across processes and platforms)."""
+    h = hashlib.sha256(":".join(str(int(p)) for p in parts).encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def _save_torch(obj: Any, path: str) -> None:
+    import torch
+
+    with storage.local_output(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: str, bundle: str | None = None) -> dict:
+    """Load a checkpoint (on CPU); with ``bundle``, check it belongs to that bundle.
+
+    Raises FileNotFoundError when missing and ValueError when it was written by another bundle.
+    """
+    import torch
+
+    if not storage.exists(path):
+        raise FileNotFoundError(f"no checkpoint {path}; train first with `calibseg train`.")
+    with storage.local_path(path) as local:
+        try:
+            ckpt = torch.load(local, map_location="cpu", weights_only=False)
+        except Exception as e:  # a truncated/foreign file
+            raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "bundle_hash" not in ckpt:
+        raise ValueError(f"{path} is not a calibseg checkpoint.")
+    if bundle is not None:
+        h = bundle_hash(bundle)
+        if ckpt["bundle_hash"] != h:
+            raise ValueError(
+                f"checkpoint {path} belongs to another bundle (hash {ckpt['bundle_hash'][:8]}, "
+                f"this bundle {h[:8]}); use a checkpoint of this bundle or its own bundle."
+            )
+    return ckpt
+
+
+def _setup_logging(bundle: str, log_dir: str) -> None:
+    os.makedirs(log_dir, exist_ok=True)
+    conf = storage.join(bundle, "logging.conf")
+    with tempfile.TemporaryDirectory() as tmp:
+        p = os.path.join(tmp, "logging.conf")
+        with open(p, "wb") as f:
+            f.write(storage.read_bytes(conf))
+        logging.config.fileConfig(
+            p,
+            defaults={"logfile": os.path.join(log_dir, "train.log").replace("\\", "/")},
+            disable_existing_loggers=False,
+        )
+
+
+def _rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002 (global state used by libraries)
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _he_init(model: Any, seed: int) -> None:
+    """Kaiming-normal (fan-out, ReLU) conv weights and zero biases from a generator seeded ``seed``."""
+    import torch
+
+    g = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d, torch.nn.Conv2d)):
+                w = torch.empty(m.weight.shape, dtype=m.weight.dtype)
+                torch.nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu", generator=g)
+                m.weight.copy_(w)
+                if m.bias is not None:
+                    m.bias.zero_()
+
+
+def _rater_keys(items: list[dict]) -> list[str]:
+    """Keys ``rater_1..rater_K`` for the items' rater labels ([] when they have none)."""
+    from calibseg.data import rater_keys
+
+    counts = {len(it.get("raters") or []) for it in items}
+    if len(counts) > 1:
+        raise ValueError(f"cases have different numbers of rater labels: {sorted(counts)}.")
+    return rater_keys(counts.pop()) if counts else []
+
+
+def _check_rater(rater: Any) -> Any:
+    if rater is None or rater in ("mean", "random", "weighted"):
+        return rater
+    if isinstance(rater, str) and rater.isdigit():
+        rater = int(rater)
+    if isinstance(rater, bool) or not isinstance(rater, int) or rater < 1:
+        raise ValueError(
+            f"rater must be None, a rater number >= 1, 'mean', 'random' or 'weighted'; got {rater!r}."
+        )
+    return rater
+
+
+def _make_dataset(items: list[dict], transform: Any, cache_rate: float):
+    """A MONAI dataset: deterministic transforms cached when ``cache_rate`` > 0."""
+    from monai.data import CacheDataset, Dataset
+
+    if cache_rate > 0:
+        return CacheDataset(items, transform, cache_rate=cache_rate, num_workers=0, progress=False)
+    return Dataset(items, transform)
+
+
+def _one_hot_target(y: Any, num_classes: int) -> Any:
+    """[B,1,...] index labels → [B,C,...] one-hot float; [B,C,...] soft labels kept (float)."""
+    import torch
+    from monai.networks.utils import one_hot
+
+    y = torch.as_tensor(y)
+    if y.shape[1] == 1:
+        return one_hot(y.round().long(), num_classes=num_classes, dim=1).float()
+    return y.float()
+
+
+def _validate(model, loader, inferer, device, num_classes: int, num_bins: int) -> dict[str, float]:
+    """Mean foreground Dice and macro ECE/ACE/MCE (per case, foreground classes) on ``loader``."""
+    import torch
+    from monai.metrics import compute_dice
+
+    from calibseg.binning import compute_bin_stats
+
+    dices, cal = [], {"ece": [], "ace": [], "mce": []}
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            x = torch.as_tensor(batch["image"]).to(device)
+            y = _one_hot_target(batch["label"], num_classes).to(device)
+            prob = torch.softmax(inferer(x, model).float(), dim=1)
+            seg = torch.nn.functional.one_hot(prob.argmax(1), num_classes).movedim(-1, 1).float()
+            dices.append(compute_dice(seg, y, include_background=False, ignore_empty=False))
+            errs = compute_bin_stats(prob, y, num_bins=num_bins).errors()
+            for k in cal:
+                cal[k].append(errs[k][:, 1:])
+    out = {"dice": float(torch.cat(dices).nanmean())}
+    out.update({k: float(torch.cat(v).float().nanmean()) for k, v in cal.items()})
+    return out
+
+
+def train(
+    bundle: str,
+    seed: int = 0,
+    max_epochs: int | None = None,
+    debug: bool = False,
+    run_name: str | None = None,
+    rater: Any = None,
+    he_init: bool = True,
+    device: str | None = None,
+) -> str:
+    """Train the bundle's network for one seed; return the run folder.
+
+    Reruns continue from ``checkpoints/last.pt`` (a checkpoint of another bundle is refused).
+    ``rater``: None (the "label"), k (k-th rater, 1-based), "mean" (soft rater average) or
+    "random" (a rater drawn per sample); validation always uses the "label". Writes ``checkpoints/{last,best,final}.pt``,
+    ``logs/train.log``, ``logs/tensorboard/``, ``resolved_config.json`` and
+    ``training_summary.json`` (history, best Dice and epoch).
+    """
+    import numpy as np
+    import torch
+    from monai.data import DataLoader, list_data_collate
+    from monai.utils import set_determinism
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from calibseg.data import get_dataset
+
+    require_bundle(bundle)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}.")
+    rater = _check_rater(rater)
+    parser = load_bundle(bundle, debug=debug)
+    if max_epochs is not None:
+        if int(max_epochs) < 1:
+            raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
+        parser["max_epochs"] = int(max_epochs)
+    run = run_dir(bundle, seed, run_name)
+    if storage.is_remote(run):
+        raise ValueError(f"training writes a local run folder; got the URL {run}.")
+    ckpt_dir, log_dir = os.path.join(run, "checkpoints"), os.path.join(run, "logs")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    _setup_logging(bundle, log_dir)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    h = bundle_hash(bundle)
+
+    last_path = os.path.join(ckpt_dir, "last.pt")
+    state = load_checkpoint(last_path, bundle) if os.path.exists(last_path) else None
+    if state is not None and (state["seed"] != seed or state.get("rater") != rater):
+        raise ValueError(
+            f"{last_path} was trained with seed {state['seed']} / rater {state.get('rater')!r}, "
+            f"not seed {seed} / rater {rater!r}; use another --run-name."
+        )
+
+    cfg = parser.get
+    max_ep = int(cfg("max_epochs"))
+    spec = get_dataset(cfg("dataset"))
+    num_classes = int(cfg("num_classes"))
+    splits = read_splits(bundle)
+    train_items = splits["training"]
+    rater_keys = _rater_keys(train_items) if rater is not None else []
+    if rater is not None and not rater_keys:
+        raise ValueError(f"rater={rater!r} needs rater labels, but {bundle} has none.")
+    val_items = splits["validation"]
+    if cfg("debug", False):
+        n = int(cfg("debug_max_cases", 4))
+        train_items, val_items = train_items[:n], val_items[: max(1, n // 2)]
+    if not train_items:
+        raise ValueError(f"the training split of {bundle} is empty.")
+    roi = tuple(int(r) for r in cfg("roi_size"))
+    batch_size = int(cfg("batch_size"))
+    steps = max(1, -(-len(train_items) // batch_size))
+    parser["steps_per_epoch"] = steps
+
+    resolved = {
+        "bundle": os.path.basename(os.path.normpath(bundle)),
+        "bundle_hash": h,
+        "run": {"seed": seed, "rater": rater, "debug": debug, "device": str(dev)},
+        "config": parser.get(),
+    }
+    text = json.dumps(resolved, sort_keys=True, default=str)
+    resolved["config_hash"] = hashlib.sha256(text.encode()).hexdigest()
+    storage.write_json(os.path.join(run, "resolved_config.json"), resolved)
+
+    set_determinism(seed=seed)
+    model = parser.get_parsed_content("network").to(dev)
+    if he_init and cfg("he_init", True):
+        _he_init(model, seed)
+    loss_fn = parser.get_parsed_content("loss")
+    optimizer = parser.get_parsed_content("optimizer")
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    use_amp = bool(cfg("amp", True)) and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    inferer = parser.get_parsed_content("val_inferer")
+    num_bins = int(cfg("num_bins", 20))
+    val_interval = max(1, int(cfg("val_interval", 1)))
+    patience = int(cfg("early_stopping_patience", 0))
+    min_delta = float(cfg("early_stopping_min_delta", 0.0))
+
+    if rater is not None:
+        train_tf = spec.transforms("train", roi, rater_keys=rater_keys, rater=rater)
+    else:
+        train_tf = spec.transforms("train", roi)
+    train_ds = _make_dataset(train_items, train_tf, float(cfg("cache_rate", 1.0)))
+    val_ds = _make_dataset(val_items, spec.transforms("val", roi), 1.0)
+    val_loader = DataLoader(val_ds, batch_size=1, num_workers=0)
+
+    start_epoch, best, bad_vals, history, stopped = 0, {"dice": -1.0, "epoch": 0}, 0, [], False
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        start_epoch, best = int(state["epoch"]), state["best"]
+        bad_vals, history, stopped = state["bad_vals"], state["history"], state["stopped"]
+        logger.info("resuming %s from epoch %d", run, start_epoch)
+    if stopped or start_epoch >= max_ep:
+        logger.info("%s already trained (%d epochs)", run, start_epoch)
+        return run
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(os.path.join(log_dir, "tensorboard"), purge_step=start_epoch * steps)
+    logger.info(
+        "training %s: %d train / %d val cases, %d epochs, device %s",
+        run,
+        len(train_items),
+        len(val_items),
+        max_ep,
+        dev,
+    )
+
+    def checkpoint(epoch: int) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "bundle_hash": h,
+            "seed": seed,
+            "rater": rater,
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if use_amp else None,
+            "rng": _rng_state(),
+            "best": best,
+            "bad_vals": bad_vals,
+            "history": history,
+            "stopped": stopped,
+        }
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        transient=True,
+    )
+    t0 = time.perf_counter()
+    try:
+        with progress:
+            task = progress.add_task(
+                os.path.basename(run), total=max_ep, completed=start_epoch, info=""
+            )
+            for epoch in range(start_epoch, max_ep):
+                train_tf.set_random_state(seed=_derive_seed(seed, epoch, 1))
+                gen = torch.Generator().manual_seed(_derive_seed(seed, epoch, 2))
+                loader = DataLoader(
+                    train_ds,
+                    batch_size=batch_size,
+                    shuffle=True,
+                    generator=gen,
+                    num_workers=int(cfg("num_workers", 0)),
+                    collate_fn=list_data_collate,
+                )
+                model.train()
+                losses = []
+                for batch in loader:
+                    x = torch.as_tensor(batch["image"]).to(dev)
+                    y = _one_hot_target(batch["label"], num_classes).to(dev)
+                    optimizer.zero_grad(set_to_none=True)
+                    with torch.autocast(dev.type, enabled=use_amp):
+                        loss = loss_fn(model(x), y)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    losses.append(float(loss.detach()))
+                rec: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
+                writer.add_scalar("train/loss", rec["loss"], epoch + 1)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], epoch + 1)
+                if (epoch + 1) % val_interval == 0 or epoch + 1 == max_ep:
+                    rec.update(_validate(model, val_loader, inferer, dev, num_classes, num_bins))
+                    for k in ("dice", "ece", "ace", "mce"):
+                        writer.add_scalar(f"val/{k}", rec[k], epoch + 1)
+                    if rec["dice"] > best["dice"] + min_delta:
+                        best = {"dice": rec["dice"], "epoch": epoch + 1}
+                        bad_vals = 0
+                        _save_torch(
+                            {
+                                "format": CHECKPOINT_FORMAT,
+                                "bundle_hash": h,
+                                "seed": seed,
+                                "epoch": epoch + 1,
+                                "model": model.state_dict(),
+                                "metrics": rec,
+                            },
+                            os.path.join(ckpt_dir, "best.pt"),
+                        )
+                    else:
+                        bad_vals += 1
+                    stopped = patience > 0 and bad_vals >= patience
+                history.append(rec)
+                logger.info("epoch %s", json.dumps(rec))
+                _save_torch(checkpoint(epoch + 1), last_path)
+                storage.write_json(
+                    os.path.join(run, "training_summary.json"),
+                    {
+                        "epochs": epoch + 1,
+                        "max_epochs": max_ep,
+                        "best_dice": best["dice"] if best["dice"] >= 0 else None,
+                        "best_epoch": best["epoch"],
+                        "early_stopped": stopped,
+                        "history": history,
+                    },
+                )
+                info = f"loss {rec['loss']:.3f}" + (
+                    f" dice {rec['dice']:.3f} ace {rec['ace']:.3f}" if "dice" in rec else ""
+                )
+                progress.update(task, advance=1, info=info)
+                if stopped:
+                    logger.info("early stopping after epoch %d", epoch + 1)
+                    break
+    finally:
+        writer.close()
+    _save_torch(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "bundle_hash": h,
+            "seed": seed,
+            "epoch": history[-1]["epoch"] if history else start_epoch,
+            "model": model.state_dict(),
+        },
+        os.path.join(ckpt_dir, "final.pt"),
+    )
+    logger.info("trained %s in %.1f s", run, time.perf_counter() - t0)
+    return run
+
+
+def _checkpoint_path(run: str, checkpoint: str) -> str:
+    if checkpoint in ("best", "final", "last"):
+        return storage.join(run, "checkpoints", f"{checkpoint}.pt")
+    return checkpoint
+
+
+def predict(
+    bundle: str,
+    seed: int = 0,
+    checkpoint: str = "best",
+    run_name: str | None = None,
+    cases: str | list[dict] = "test",
+    float16: bool = False,
+) -> str:
+    """Predict a split (or given items) with a trained run; return the predictions folder.
+
+    Writes ``<run>/predictions/<case>_prob.nii.gz`` (softmax probabilities [x, y, z, C],
+    channel last, on the original image grid with the image's affine; float32, or 16-bit
+    integers with a scale slope when ``float16``, since NIfTI has no float16) and
+    ``<case>_seg.nii.gz`` (argmax labels, uint8). ``checkpoint``: best | final | last | a path.
+    """
+    import nibabel as nib
+    import numpy as np
+    import torch
+    from monai.transforms import Invertd
+
+    from calibseg.data import get_dataset
+
+    require_bundle(bundle)
+    parser = load_bundle(bundle)
+    run = run_dir(bundle, seed, run_name)
+    ckpt = load_checkpoint(_checkpoint_path(run, checkpoint), bundle)
+    if isinstance(cases, str):
+        splits = read_splits(bundle)
+        if cases not in splits:
+            raise ValueError(f"unknown split {cases!r}; choose one of {', '.join(splits)}.")
+        items = splits[cases]
+    else:
+        items = list(cases)
+    ids = [str(it["case"]) for it in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError("case ids must be unique to name prediction files.")
+    cfg = parser.get
+    spec = get_dataset(cfg("dataset"))
+    roi = tuple(int(r) for r in cfg("roi_size"))
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = parser.get_parsed_content("network")
+    model.load_state_dict(ckpt["model"])
+    model.to(dev).eval()
+    inferer = parser.get_parsed_content("pred_inferer")
+    pre = spec.transforms("infer", roi)
+    invert = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False)
+    out_dir = storage.join(run, "predictions")
+    storage.makedirs(out_dir)
+    for it, case in zip(items, ids, strict=True):
+        item = {k: v for k, v in it.items() if k in ("case", "image")}
+        data = pre(item)
+        with torch.no_grad():
+            x = torch.as_tensor(data["image"])[None].to(dev)
+            prob = torch.softmax(inferer(x, model).float(), dim=1)[0].cpu()
+        from monai.data import MetaTensor
+
+        img = data["image"]
+        data["pred"] = MetaTensor(
+            prob, meta=dict(img.meta), applied_operations=list(img.applied_operations)
+        )
+        p = np.asarray(torch.as_tensor(invert(data)["pred"]), dtype=np.float32)
+        image0 = it["image"][0] if isinstance(it["image"], (list, tuple)) else it["image"]
+        with storage.local_path(image0) as local:
+            ref = nib.load(local)
+            shape, affine = ref.shape[:3], ref.affine
+        if tuple(p.shape[1:]) != tuple(shape):
+            raise RuntimeError(
+                f"prediction of {case} has shape {p.shape[1:]} after inversion, image has {shape}."
+            )
+        p = np.clip(p, 0.0, None)
+        s = p.sum(0, keepdims=True)
+        p[0][s[0] <= 1e-6] = 1.0  # voxels outside every window (padding): background
+        p /= p.sum(0, keepdims=True)
+        prob_img = nib.Nifti1Image(np.moveaxis(p, 0, -1), affine)
+        if float16:
+            prob_img.set_data_dtype(np.uint16)
+        seg_img = nib.Nifti1Image(p.argmax(0).astype(np.uint8), affine)
+        for suffix, im in (("prob", prob_img), ("seg", seg_img)):
+            with storage.local_output(storage.join(out_dir, f"{case}_{suffix}.nii.gz")) as tmp:
+                nib.save(im, tmp)
+    logger.info("wrote %d predictions to %s", len(items), out_dir)
+    return out_dir
