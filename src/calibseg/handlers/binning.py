@@ -1,0 +1,195 @@
+"""Bin statistics once per iteration, shared by the calibration handlers.
+
+:class:`BinningDataHandler` bins ``(y_pred, y)`` of each iteration with
+:func:`calibseg.binning.compute_bin_stats` and puts the results into ``engine.state.output``;
+the other calibseg handlers find them there and do not bin again. Attach it *before* them
+(Ignite runs handlers of one event in the order they were attached).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from monai.handlers.utils import from_engine
+
+from calibseg.binning import BinStats, compute_bin_stats
+from calibseg.metrics.reliability import binning_tensor, stats_from_binning_tensor
+
+__all__ = ["BinningDataHandler", "ITERATION_KEY", "RUNNING_KEY", "AGGREGATED_KEY"]
+
+ITERATION_KEY = "iteration_binning"
+RUNNING_KEY = "running_binning_data"
+AGGREGATED_KEY = "aggregated_binning_data"
+
+
+def default_transform() -> Callable[[Any], tuple[Any, Any]]:
+    """``(pred, label)`` from a dict output or a list of per-case dicts (MONAI engines)."""
+    return from_engine(["pred", "label"])
+
+
+def bin_output(
+    y_pred: torch.Tensor | Sequence[torch.Tensor],
+    y: torch.Tensor | Sequence[torch.Tensor],
+    num_bins: int,
+    right: bool,
+) -> BinStats:
+    """BinStats ``[B, C, K]`` of a batch tensor or a list of channel-first cases."""
+    if isinstance(y_pred, torch.Tensor) and isinstance(y, torch.Tensor):
+        return compute_bin_stats(y_pred, y, num_bins=num_bins, right=right)
+    if isinstance(y_pred, (list, tuple)) and isinstance(y, (list, tuple)):
+        if len(y_pred) != len(y) or not y_pred:
+            raise ValueError(
+                f"pred and label lists must be non-empty and of one length, got "
+                f"{len(y_pred)} and {len(y)}."
+            )
+        return BinStats.cat(
+            [
+                compute_bin_stats(
+                    torch.as_tensor(p)[None], torch.as_tensor(t)[None], num_bins, right
+                )
+                for p, t in zip(y_pred, y, strict=True)
+            ]
+        )
+    raise TypeError(
+        "output_transform must return (y_pred, y) as batch tensors or lists of channel-first "
+        f"tensors, got {type(y_pred).__name__} and {type(y).__name__}."
+    )
+
+
+def _outputs(output: Any) -> list[dict]:
+    if isinstance(output, dict):
+        return [output]
+    if isinstance(output, (list, tuple)) and output and all(isinstance(o, dict) for o in output):
+        return list(output)
+    return []
+
+
+def read_iteration_binning(output: Any, num_bins: int) -> BinStats | None:
+    """BinStats ``[B, C, K]`` put into ``engine.state.output`` by :class:`BinningDataHandler`,
+    or None if absent or binned with another number of bins."""
+    outs = _outputs(output)
+    if not outs or any(ITERATION_KEY not in o for o in outs):
+        return None
+    t = outs[0][ITERATION_KEY] if len(outs) == 1 else torch.cat([o[ITERATION_KEY] for o in outs])
+    if t.shape[-1] != num_bins:
+        return None
+    return stats_from_binning_tensor(t)
+
+
+def case_names_of(engine: Engine, n: int, start: int, transform: Callable | None) -> list[str]:
+    """Names of the ``n`` cases of this iteration: ``transform(engine.state)`` if given, else
+    ``batch["case"]``, else the file name in the prediction's MONAI metadata, else
+    ``case_<index>``."""
+    if transform is not None:
+        names = transform(engine.state)
+        names = [names] if isinstance(names, str) else list(names)
+    else:
+        names = _names_from_batch(engine.state.batch) or _names_from_meta(engine.state.output)
+    if not names or len(names) != n:
+        if transform is not None:
+            raise ValueError(f"case_name_transform gave {len(names)} names for {n} cases.")
+        return [f"case_{i}" for i in range(start, start + n)]
+    return [str(x) for x in names]
+
+
+def _names_from_batch(batch: Any) -> list[str] | None:
+    items = _outputs(batch)
+    if len(items) == 1 and "case" in items[0]:
+        c = items[0]["case"]
+        return [c] if isinstance(c, str) else [str(x) for x in c]
+    if len(items) > 1 and all("case" in i for i in items):
+        return [str(i["case"]) for i in items]
+    return None
+
+
+def _names_from_meta(output: Any) -> list[str] | None:
+    names: list[str] = []
+    for o in _outputs(output):
+        meta = getattr(o.get("pred"), "meta", None) or {}
+        f = meta.get("filename_or_obj")
+        if f is None:
+            return None
+        names += [f] if isinstance(f, str) else [str(x) for x in f]
+    return [os.path.basename(x).split(".")[0] for x in names] or None
+
+
+class BinningDataHandler:
+    """Bin each iteration once and share the results through ``engine.state.output``.
+
+    Adds to ``engine.state.output`` (a dict, or every dict of a list of per-case dicts):
+
+    - ``iteration_binning``: ``[B, C, 3, K]`` this iteration's (mean_p, mean_gt, counts);
+    - ``running_binning_data``: ``[N, C, 3, K]`` every case seen since the epoch started;
+    - ``aggregated_binning_data``: ``[C, 3, K]`` the pooled (micro) bins of those cases.
+
+    All channels are binned (consumers drop the background themselves). Empty bins have NaN
+    means. For a list output each dict gets its own case's ``[1, C, 3, K]`` as
+    ``iteration_binning``.
+
+    Args:
+        num_bins: equal-width bins over [0, 1].
+        right: bin-edge rule (see :func:`calibseg.metrics.calibration_binning`).
+        output_transform: ``engine.state.output`` → ``(y_pred, y)``; default
+            ``from_engine(["pred", "label"])``.
+
+    Example:
+        >>> BinningDataHandler(num_bins=20).attach(evaluator)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        num_bins: int = 20,
+        right: bool = False,
+        output_transform: Callable[[Any], tuple[Any, Any]] | None = None,
+    ) -> None:
+        if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 1:
+            raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}.")
+        self.num_bins = num_bins
+        self.right = right
+        self.output_transform = output_transform or default_transform()
+        self.reset()
+
+    def reset(self, engine: Engine | None = None) -> None:
+        """Forget the cases of the previous epoch."""
+        self.iteration_stats: BinStats | None = None
+        self._running: torch.Tensor | None = None
+        self._total: BinStats | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    @property
+    def running_stats(self) -> torch.Tensor | None:
+        """``[N, C, 3, K]`` binning data of the cases seen this epoch (None before any)."""
+        return self._running
+
+    def __call__(self, engine: Engine) -> None:
+        outs = _outputs(engine.state.output)
+        if not outs:
+            raise TypeError(
+                "BinningDataHandler needs engine.state.output to be a dict or a list of dicts, "
+                f"got {type(engine.state.output).__name__}."
+            )
+        y_pred, y = self.output_transform(engine.state.output)
+        stats = bin_output(y_pred, y, self.num_bins, self.right)
+        self.iteration_stats = stats
+        tot = stats.total()
+        self._total = tot if self._total is None else self._total + tot
+        it = binning_tensor(stats)
+        self._running = it if self._running is None else torch.cat([self._running, it])
+        agg = binning_tensor(self._total)[0]
+        if len(outs) == 1:
+            outs[0][ITERATION_KEY] = it
+        elif len(outs) == it.shape[0]:
+            for i, o in enumerate(outs):
+                o[ITERATION_KEY] = it[i : i + 1]
+        else:
+            raise ValueError(f"{len(outs)} output dicts for {it.shape[0]} binned cases.")
+        for o in outs:
+            o[RUNNING_KEY] = self._running
+            o[AGGREGATED_KEY] = agg
