@@ -9,13 +9,20 @@ Semantics (shared with ``monai.metrics.calibration_binning`` from MONAI 1.6.1):
 a value is assigned with ``torch.bucketize(value, edges[1:], right=right)`` clamped to
 the last bin, so with ``right=False`` a value on an inner edge falls in the lower bin.
 Soft binning splits a value's unit weight between the two bins whose centres bracket it,
-linearly by distance (all of it to the end bin beyond the outermost centres).
+linearly by distance (all of it to the end bin beyond the outermost centres). The bin of a
+value is decided on its float32 rounding (as MONAI does), whatever the input dtype.
+
+On CPU the work is done by fused, parallel numba kernels (:mod:`calibseg._kernels`,
+imported on first use and cached on disk); CUDA tensors use the vectorised torch path.
+Set ``CALIBSEG_NO_NUMBA=1`` to force the torch path everywhere.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 
@@ -33,8 +40,13 @@ __all__ = [
 
 DEFAULT_EMPTY_WEIGHT = 0.01
 _EPS32 = float(torch.finfo(torch.float32).eps)
-# voxels per (b, c) processed at once by the chunked, exact path
+# values (over all images and classes) converted/copied at once when inputs need a
+# dtype conversion or are not contiguous; bounds the extra memory
 DEFAULT_CHUNK = 1 << 21
+# the kernels' bucketize guess is within one bin of the truth far beyond this
+_MAX_KERNEL_BINS = 1 << 16
+_KERNEL_P = (torch.float32, torch.float64)
+_KERNEL_Y = (torch.float32, torch.float64, torch.uint8, torch.bool)
 
 
 def bin_edges(num_bins: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -162,9 +174,7 @@ class BinStats:
         """Keep some classes (e.g. ``slice(1, None)`` to drop background)."""
         return BinStats(self.weight[:, index], self.sum_p[:, index], self.sum_gt[:, index])
 
-    def means(
-        self, empty_weight: float = 0.0
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def means(self, empty_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean_p, mean_gt, counts), each ``[B, C, K]`` float64; NaN means for empty bins.
 
         A bin is empty when its weight is ``<= 0`` or below ``empty_weight``.
@@ -221,9 +231,9 @@ def calibration_errors(
 
 
 def _hard_index(p: torch.Tensor, num_bins: int, right: bool) -> torch.Tensor:
-    """Bin index of every value of ``p`` (int64, same shape)."""
+    """Bin index of every value of ``p`` (int64, same shape), decided on float32 values."""
     upper = bin_edges(num_bins, p.device)[1:]
-    return torch.bucketize(p, upper, right=right).clamp_(max=num_bins - 1)
+    return torch.bucketize(p.float(), upper, right=right).clamp_(max=num_bins - 1)
 
 
 def _soft_weights(p: torch.Tensor, num_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,17 +247,230 @@ def _soft_weights(p: torch.Tensor, num_bins: int) -> tuple[torch.Tensor, torch.T
     return lo.long(), 1.0 - frac
 
 
-def binned_sums(
+# ----------------------------------------------------------------------------- numba glue
+
+_KERNELS: ModuleType | None = None
+
+
+def _kernels() -> ModuleType | None:
+    """The numba kernel module, imported on first use; None if numba is disabled/unavailable."""
+    global _KERNELS
+    if os.environ.get("CALIBSEG_NO_NUMBA", "") not in ("", "0"):
+        return None
+    if _KERNELS is None:
+        try:
+            from calibseg import _kernels as kern
+        except ImportError:  # pragma: no cover - numba is a hard dependency
+            return None
+        _KERNELS = kern
+    return _KERNELS
+
+
+def _use_kernels(y_pred: torch.Tensor, y: torch.Tensor, num_bins: int) -> ModuleType | None:
+    if y_pred.device.type != "cpu" or y.device.type != "cpu" or num_bins > _MAX_KERNEL_BINS:
+        return None
+    return _kernels()
+
+
+_EDGE_CACHE: dict[tuple[int, bool], tuple] = {}
+
+
+def _kernel_edges(kern: ModuleType, num_bins: int, right: bool) -> tuple:
+    key = (num_bins, right)
+    if key not in _EDGE_CACHE:
+        _EDGE_CACHE[key] = kern.hard_edges(num_bins, bin_edges(num_bins)[1:].numpy(), right)
+    return _EDGE_CACHE[key]
+
+
+def _inv_width(num_bins: int) -> float:
+    return num_bins / (1.0 + _EPS32)
+
+
+def _kernel_target(y: torch.Tensor, fallback: torch.dtype) -> torch.Tensor:
+    """Targets in a dtype the kernels read directly (bool is viewed as uint8, no copy)."""
+    if y.dtype == torch.bool:
+        return y.view(torch.uint8) if y.is_contiguous() else y.to(torch.uint8)
+    if y.dtype in _KERNEL_Y:
+        return y
+    return y.to(fallback)
+
+
+def _chunks(
+    y_pred: torch.Tensor, y: torch.Tensor, chunk_size: int
+) -> Iterable[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """Yield ``(row0, row1, p [rows, n], y [rows, n])`` blocks in kernel dtypes.
+
+    Inputs already in kernel dtypes and contiguous are yielded whole (no copy); otherwise
+    pieces of at most ~``chunk_size`` values are converted/copied one at a time.
+    """
+    b, c = y_pred.shape[:2]
+    rows = b * c
+    direct = (
+        y_pred.dtype in _KERNEL_P
+        and y.dtype in _KERNEL_Y
+        and y_pred.is_contiguous()
+        and y.is_contiguous()
+    )
+    if direct:
+        yield 0, rows, y_pred.reshape(rows, -1), _kernel_target(y.reshape(rows, -1), torch.float32)
+        return
+    pdt = y_pred.dtype if y_pred.dtype in _KERNEL_P else torch.float32
+    if y_pred.is_contiguous() and y.is_contiguous():
+        p2, y2 = y_pred.reshape(rows, -1), y.reshape(rows, -1)
+        n = p2.shape[1]
+        cols = max(1, chunk_size // max(rows, 1))
+        for s in range(0, n, cols):
+            pc = p2[:, s : s + cols].to(pdt, copy=True)
+            yield 0, rows, pc, _kernel_target(y2[:, s : s + cols].contiguous(), torch.float32)
+        return
+    # strided inputs: copy slabs of the first spatial axis of one (image, class) at a time
+    spatial = y_pred.shape[2:]
+    per_slice = max(1, int(torch.tensor(spatial[1:]).prod()) if len(spatial) > 1 else 1)
+    step = max(1, chunk_size // per_slice)
+    for r in range(rows):
+        bi, ci = divmod(r, c)
+        for s in range(0, spatial[0], step):
+            pc = y_pred[bi, ci, s : s + step].to(pdt, copy=True).reshape(1, -1)
+            yc = y[bi, ci, s : s + step].contiguous().reshape(1, -1)
+            yield r, r + 1, pc, _kernel_target(yc, torch.float32)
+
+
+def _kernel_bin_stats(
+    kern: ModuleType,
+    y_pred: torch.Tensor,
+    y: torch.Tensor,
+    num_bins: int,
+    right: bool,
+    soft: bool,
+    chunk_size: int,
+) -> tuple[BinStats, int, int]:
+    """BinStats via the numba kernels, plus the numbers of out-of-range/NaN values in p and y."""
+    b, c = y_pred.shape[:2]
+    rows = b * c
+    int_y = y.dtype == torch.bool or (not y.is_floating_point() and y.dtype in _KERNEL_Y)
+    w = torch.zeros(rows, num_bins, dtype=torch.float64 if soft else torch.int64)
+    sp = torch.zeros(rows, num_bins, dtype=torch.float64)
+    sy = torch.zeros(rows, num_bins, dtype=torch.int64 if int_y and not soft else torch.float64)
+    bad_p = bad_y = 0
+    wn, spn, syn = w.numpy(), sp.numpy(), sy.numpy()
+    for r0, r1, pc, yc in _chunks(y_pred, y, chunk_size):
+        if soft:
+            bp, by = kern.run(
+                kern.soft_hist,
+                pc.numpy(),
+                yc.numpy(),
+                _inv_width(num_bins),
+                num_bins,
+                wn[r0:r1],
+                spn[r0:r1],
+                syn[r0:r1],
+                kern.BLOCK,
+            )
+        else:
+            lo, hi = _kernel_edges(kern, num_bins, right)
+            bp, by = kern.run(
+                kern.hard_hist,
+                pc.numpy(),
+                yc.numpy(),
+                lo,
+                hi,
+                wn[r0:r1],
+                spn[r0:r1],
+                syn[r0:r1],
+                kern.BLOCK,
+            )
+        bad_p += int(bp)
+        bad_y += int(by)
+    shape = (b, c, num_bins)
+    stats = BinStats(w.view(shape), sp.view(shape), sy.to(torch.float64).view(shape))
+    return stats, bad_p, bad_y
+
+
+class _BinnedSums(torch.autograd.Function):
+    """Fused per-bin sums (numba forward) with a gather backward; CPU only."""
+
+    @staticmethod
+    def forward(ctx, p, y, num_bins, right, soft):  # type: ignore[override]
+        kern = _kernels()
+        b, c = p.shape[:2]
+        rows = b * c
+        p2 = p.detach().reshape(rows, -1).numpy()
+        y2 = y.detach().reshape(rows, -1).numpy()
+        int_y = y.dtype == torch.uint8
+        w = torch.zeros(rows, num_bins, dtype=torch.float64 if soft else torch.int64)
+        sp = torch.zeros(rows, num_bins, dtype=torch.float64)
+        sy = torch.zeros(rows, num_bins, dtype=torch.int64 if int_y and not soft else torch.float64)
+        if soft:
+            args = (_inv_width(num_bins), num_bins)
+            kern.run(kern.soft_hist, p2, y2, *args, w.numpy(), sp.numpy(), sy.numpy(), kern.BLOCK)
+        else:
+            lo, hi = _kernel_edges(kern, num_bins, right)
+            kern.run(kern.hard_hist, p2, y2, lo, hi, w.numpy(), sp.numpy(), sy.numpy(), kern.BLOCK)
+        ctx.save_for_backward(p, y)
+        ctx.conf = (num_bins, right, soft)
+        shape = (b, c, num_bins)
+        out = tuple(t.to(p.dtype).view(shape) for t in (w, sp, sy))
+        if not soft:
+            ctx.mark_non_differentiable(out[0])
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_w, g_sp, g_sy):  # type: ignore[override]
+        p, y = ctx.saved_tensors
+        num_bins, right, soft = ctx.conf
+        want_p, want_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (want_p or want_y):
+            return None, None, None, None, None
+        kern = _kernels()
+        b, c = p.shape[:2]
+        rows = b * c
+
+        def table(g: torch.Tensor | None):
+            if g is None:
+                return torch.zeros(rows, num_bins, dtype=torch.float64).numpy()
+            return g.detach().to(torch.float64).reshape(rows, num_bins).contiguous().numpy()
+
+        gp = torch.empty_like(p)
+        gy = torch.empty_like(y) if want_y else torch.empty(1, 1, dtype=p.dtype)
+        p2 = p.detach().reshape(rows, -1).numpy()
+        gp2 = gp.reshape(rows, -1).numpy()
+        gy2 = gy.reshape(rows if want_y else 1, -1).numpy()
+        if soft:
+            y2 = y.detach().reshape(rows, -1).numpy()
+            kern.run(
+                kern.soft_grad,
+                p2,
+                y2,
+                _inv_width(num_bins),
+                num_bins,
+                table(g_w),
+                table(g_sp),
+                table(g_sy),
+                gp2,
+                gy2,
+                want_y,
+                kern.BLOCK,
+            )
+        else:
+            lo, hi = _kernel_edges(kern, num_bins, right)
+            kern.run(
+                kern.hard_grad, p2, lo, hi, table(g_sp), table(g_sy), gp2, gy2, want_y, kern.BLOCK
+            )
+        return (gp if want_p else None), (gy if want_y else None), None, None, None
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _binned_sums_reference(
     y_pred: torch.Tensor,
     y: torch.Tensor,
     num_bins: int = 20,
     right: bool = False,
     soft: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Differentiable per-bin sums (weight, sum_p, sum_gt), each ``[B, C, K]`` in the dtype of
-    ``y_pred`` (float32 for half inputs). Gradients flow to ``y_pred`` (and ``y`` if it requires
-    grad). One vectorised pass over the whole tensor; no loop over batch or class.
-    """
+    """Plain-autograd torch implementation of :func:`binned_sums` (CUDA path and reference)."""
     _check_num_bins(num_bins)
     b, c = y_pred.shape[:2]
     p = y_pred.reshape(b, c, -1)
@@ -276,6 +499,30 @@ def binned_sums(
     return w.view(shape), sp.view(shape), sg.view(shape)
 
 
+def binned_sums(
+    y_pred: torch.Tensor,
+    y: torch.Tensor,
+    num_bins: int = 20,
+    right: bool = False,
+    soft: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Differentiable per-bin sums (weight, sum_p, sum_gt), each ``[B, C, K]`` in the dtype of
+    ``y_pred`` (float32 for half inputs). Gradients flow to ``y_pred`` (and ``y`` if it requires
+    grad); for hard binning the weight (a count) has no gradient. On CPU a fused numba pass
+    (float64 accumulation) with a gather backward; on CUDA one vectorised torch pass.
+    """
+    _check_num_bins(num_bins)
+    validate_pair(y_pred, y, check_range=False)
+    kern = _use_kernels(y_pred, y, num_bins)
+    if kern is None:
+        return _binned_sums_reference(y_pred, y, num_bins, right, soft)
+    p = y_pred if y_pred.dtype in _KERNEL_P else y_pred.float()
+    g = _kernel_target(y, p.dtype)
+    if g.dtype == torch.uint8 and soft:
+        g = g.to(p.dtype)
+    return _BinnedSums.apply(p.contiguous(), g.contiguous(), num_bins, bool(right), bool(soft))
+
+
 def binned_means(
     y_pred: torch.Tensor,
     y: torch.Tensor,
@@ -298,6 +545,48 @@ def binned_means(
 
 
 @torch.no_grad()
+def _compute_bin_stats_torch(
+    y_pred: torch.Tensor,
+    y: torch.Tensor,
+    num_bins: int = 20,
+    right: bool = False,
+    soft: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+    validate: bool = True,
+) -> BinStats:
+    """Torch implementation of :func:`compute_bin_stats` (CUDA path and reference)."""
+    _check_num_bins(num_bins)
+    if validate:
+        validate_pair(y_pred, y)
+    b, c = y_pred.shape[:2]
+    p = y_pred.reshape(b, c, -1)
+    g = y.reshape(b, c, -1)
+    n = p.shape[-1]
+    cols = max(1, chunk_size // max(b * c, 1))
+    acc = BinStats.zeros(b, c, num_bins, soft=soft, device=y_pred.device)
+    base = (torch.arange(b * c, device=y_pred.device) * num_bins).view(b, c, 1)
+    size = b * c * num_bins
+    for start in range(0, max(n, 1), cols):
+        pc = p[..., start : start + cols]
+        gc = g[..., start : start + cols].to(torch.float64)
+        if not soft:
+            # counts and sums on the same indices but accumulated in int64 / float64
+            flat = (_hard_index(pc, num_bins, right) + base).reshape(-1)
+            cnt = torch.bincount(flat, minlength=size).view(b, c, num_bins)
+            sp = torch.zeros(size, dtype=torch.float64, device=pc.device).index_add_(
+                0, flat, pc.reshape(-1).to(torch.float64)
+            )
+            sg = torch.zeros(size, dtype=torch.float64, device=pc.device).index_add_(
+                0, flat, gc.reshape(-1)
+            )
+            acc = acc + BinStats(cnt, sp.view(b, c, num_bins), sg.view(b, c, num_bins))
+        else:
+            w, sp, sg = _binned_sums_reference(pc.to(torch.float64), gc, num_bins, right, soft)
+            acc = acc + BinStats(w, sp, sg)
+    return acc
+
+
+@torch.no_grad()
 def compute_bin_stats(
     y_pred: torch.Tensor,
     y: torch.Tensor,
@@ -309,35 +598,21 @@ def compute_bin_stats(
 ) -> BinStats:
     """Exact per-bin statistics of ``y_pred`` vs ``y`` (both ``[B, C, *spatial]``).
 
-    Integer counts (hard) and float64 sums; processed in chunks of ``chunk_size`` voxels
-    along the flattened spatial axis so the extra memory stays bounded.
+    Integer counts (hard) and float64 sums of the values as given (float16/float32/float64
+    probabilities; float, bool or uint8 targets). On CPU one fused parallel pass over the data
+    with range/NaN validation folded in; inputs that need a dtype conversion or are not
+    contiguous are converted ``chunk_size`` values at a time, so the extra memory stays
+    bounded. CUDA tensors use the chunked torch path.
     """
     _check_num_bins(num_bins)
-    if validate:
-        validate_pair(y_pred, y)
-    b, c = y_pred.shape[:2]
-    p = y_pred.reshape(b, c, -1)
-    g = y.reshape(b, c, -1)
-    n = p.shape[-1]
-    acc = BinStats.zeros(b, c, num_bins, soft=soft, device=y_pred.device)
-    for start in range(0, max(n, 1), chunk_size):
-        pc = p[..., start : start + chunk_size].to(torch.float32)
-        gc = g[..., start : start + chunk_size].to(torch.float64)
-        if not soft:
-            # counts and sums on the same indices but accumulated in int64 / float64
-            idx = _hard_index(pc, num_bins, right)
-            base = (torch.arange(b * c, device=pc.device) * num_bins).view(b, c, 1)
-            flat = (idx + base).reshape(-1)
-            size = b * c * num_bins
-            cnt = torch.bincount(flat, minlength=size).view(b, c, num_bins)
-            sp = torch.zeros(size, dtype=torch.float64, device=pc.device).index_add_(
-                0, flat, pc.reshape(-1).to(torch.float64)
-            )
-            sg = torch.zeros(size, dtype=torch.float64, device=pc.device).index_add_(
-                0, flat, gc.reshape(-1)
-            )
-            acc = acc + BinStats(cnt, sp.view(b, c, num_bins), sg.view(b, c, num_bins))
-        else:
-            w, sp, sg = binned_sums(pc.to(torch.float64), gc, num_bins, right, soft)
-            acc = acc + BinStats(w, sp, sg)
-    return acc
+    kern = _use_kernels(y_pred, y, num_bins)
+    if kern is None:
+        return _compute_bin_stats_torch(y_pred, y, num_bins, right, soft, chunk_size, validate)
+    validate_pair(y_pred, y, check_range=False)
+    if not y_pred.is_floating_point():
+        raise ValueError(f"y_pred must be a floating-point tensor, got {y_pred.dtype}.")
+    stats, bad_p, bad_y = _kernel_bin_stats(kern, y_pred, y, num_bins, right, soft, chunk_size)
+    if validate and (bad_p or (bad_y and y.is_floating_point())):
+        validate_pair(y_pred, y)  # raises with the precise message
+        raise ValueError("y_pred and y must lie in [0, 1] and contain no NaN.")
+    return stats
