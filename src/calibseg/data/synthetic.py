@@ -121,7 +121,7 @@ def make_case(
     clean = _INTENSITY[truth]
     clean += 0.08 * _smooth_noise(rng, shape, 1.0 / sp) * (truth > 0)  # texture
     clean = gaussian_filter(clean, 1.0 / sp)
-    bias = 1.0 + 0.25 * _smooth_noise(rng, shape, 12.0 / sp)
+    bias = 1.0 + 0.15 * _smooth_noise(rng, shape, 12.0 / sp)
     image = clean * bias + 0.30 * rng.standard_normal(shape).astype(np.float32)
     image = image.astype(np.float32)
 
