@@ -1,0 +1,343 @@
+"""Case-level evaluation of a run: calibration (BinStats), Dice and HD95 → tables and figures.
+
+Per case (possibly on a Dask worker): read the label and ``<case>_prob.nii.gz`` (channel-last
+``[x, y, z, C]`` probabilities), bin with :func:`calibseg.binning.compute_bin_stats`, compute
+Dice and HD95 (MONAI; HD95 in the label's voxel-spacing units, usually mm), ECE/ACE/MCE per
+class and a flag for classes absent from the ground truth. The client stacks the per-case
+BinStats ``[N, C, K]``: micro errors reduce their sum (exact, whatever the fan-out), macro
+errors average the per-case errors.
+
+Outputs never overwrite earlier ones: if ``<run>/evaluation/`` already holds results the next
+free ``evaluation_2/``, ``evaluation_3/`` … is used (the summary records which).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from calibseg import storage
+
+__all__ = ["evaluate_run", "evaluate_case", "REGION_DATASETS", "next_free_dir", "METRICS"]
+
+log = logging.getLogger(__name__)
+
+REGION_DATASETS = ("kits23", "brats21")
+METRICS = ("dice", "hd95", "ece", "ace", "mce", "missing")
+_RESULT_FILES = ("summary.json", "cases.csv", "bin_stats.npz")
+
+
+def _load_nifti(path: str) -> tuple[np.ndarray, tuple[float, ...]]:
+    """(array, voxel spacing of the first three axes) of a NIfTI file (local or URL)."""
+    import nibabel as nib
+
+    if not storage.exists(path):
+        raise FileNotFoundError(f"no such file: {storage.redact(path)}")
+    with storage.local_path(path) as local:
+        img = nib.load(local)
+        data = np.asarray(img.dataobj)
+        spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return data, spacing
+
+
+def _region_transforms(dataset: str):
+    """(label transform, probability transform, region names) for a region dataset."""
+    from calibseg import transforms as T
+
+    if dataset == "kits23":
+        return (
+            T.ConvertToKits23Classesd(keys="x"),
+            T.ConvertToKits23ClassesSoftmaxd(keys="x"),
+            list(T.KITS23_REGION_NAMES),
+        )
+    if dataset == "brats21":
+        return (
+            T.ConvertToBratsClassesd(keys="x"),
+            T.ConvertToBratsClassesSoftmaxd(keys="x"),
+            list(T.BRATS_REGION_NAMES),
+        )
+    raise ValueError(
+        f"--regions needs a dataset with hierarchical regions ({', '.join(REGION_DATASETS)}), "
+        f"got {dataset!r}."
+    )
+
+
+def evaluate_case(
+    task: dict[str, Any],
+    num_classes: int,
+    num_bins: int = 20,
+    regions: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate one case.
+
+    Args:
+        task: ``{"case": id, "label": path/URL, "prob": path/URL}``.
+        num_classes: C, the number of classes of the model (background first).
+        num_bins: calibration bins K.
+        regions: ``"kits23"`` / ``"brats21"`` to evaluate hierarchical region channels
+            instead of classes (then C = number of regions = 4).
+
+    Returns:
+        ``{"case", "weight" [C, K] int64, "sum_p" [C, K] float64, "sum_gt" [C, K] float64,
+        "dice" [C], "hd95" [C], "ece" [C], "ace" [C], "mce" [C], "missing" [C] (1.0 = class
+        absent from the ground truth)}`` as numpy arrays (small; cheap to send back).
+    """
+    import torch
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+
+    from calibseg.binning import compute_bin_stats
+
+    case = str(task["case"])
+    label, spacing = _load_nifti(task["label"])
+    prob, _ = _load_nifti(task["prob"])
+    label = np.squeeze(label)
+    if prob.ndim != label.ndim + 1:
+        raise ValueError(
+            f"case {case}: probabilities must be channel-last [x, y, z, C] over the label grid "
+            f"{label.shape}, got shape {prob.shape}."
+        )
+    if prob.shape[:-1] != label.shape:
+        raise ValueError(
+            f"case {case}: prediction grid {prob.shape[:-1]} does not match the label {label.shape} "
+            "(predict on the original image grid)."
+        )
+    if prob.shape[-1] != num_classes:
+        raise ValueError(
+            f"case {case}: prediction has {prob.shape[-1]} channels, the bundle has "
+            f"{num_classes} classes."
+        )
+    lab = torch.from_numpy(np.rint(label).astype(np.int64))
+    if int(lab.min()) < 0 or int(lab.max()) >= num_classes:
+        raise ValueError(
+            f"case {case}: label values must be in [0, {num_classes - 1}], "
+            f"got [{int(lab.min())}, {int(lab.max())}]."
+        )
+    p = torch.from_numpy(np.moveaxis(prob.astype(np.float32, copy=False), -1, 0))  # [C, *sp]
+    classes = torch.arange(num_classes).view(-1, *([1] * lab.ndim))
+    y = (lab[None] == classes).to(torch.float32)  # one-hot [C, *sp]
+    seg = (p.argmax(0, keepdim=True) == classes).to(torch.float32)
+    if regions is not None:
+        to_regions, prob_to_regions, _ = _region_transforms(regions)
+        y = torch.as_tensor(to_regions({"x": y})["x"])
+        seg = torch.as_tensor(to_regions({"x": seg})["x"])
+        p = torch.as_tensor(prob_to_regions({"x": p})["x"]).clamp_(0.0, 1.0)
+    p, y, seg = p[None], y[None], seg[None]  # [1, C, *spatial]
+    stats = compute_bin_stats(p, y, num_bins=num_bins)
+    del p
+    errors = stats.errors()
+    dice = compute_dice(seg, y, include_background=True, ignore_empty=True)
+    with warnings.catch_warnings():  # empty classes are expected: flagged, HD95 NaN/inf
+        warnings.filterwarnings("ignore", message=".* is all 0, this may result in nan/inf")
+        hd95 = compute_hausdorff_distance(
+            seg, y, include_background=True, percentile=95, spacing=list(spacing[: lab.ndim])
+        )
+    missing = (y.flatten(2).sum(-1) == 0).to(torch.float64)
+    out = {
+        "case": case,
+        "weight": stats.weight[0].numpy(),
+        "sum_p": stats.sum_p[0].numpy(),
+        "sum_gt": stats.sum_gt[0].numpy(),
+        "dice": dice[0].double().numpy(),
+        "hd95": hd95[0].double().numpy(),
+        "missing": missing[0].numpy(),
+    }
+    out.update({k: v[0].numpy() for k, v in errors.items()})
+    return out
+
+
+def next_free_dir(base: str) -> str:
+    """``base`` if it holds no evaluation results, else the first free ``base_2``, ``base_3`` …"""
+    candidate, n = base, 1
+    while any(storage.exists(storage.join(candidate, f)) for f in _RESULT_FILES):
+        n += 1
+        candidate = f"{base.rstrip('/')}_{n}"
+    return candidate
+
+
+def _read_bundle(bundle: str) -> tuple[list[dict], list[str], str]:
+    import yaml
+
+    splits_path = storage.join(bundle, "splits.json")
+    data_path = storage.join(bundle, "configs", "data.yaml")
+    for p in (splits_path, data_path):
+        if not storage.exists(p):
+            raise FileNotFoundError(
+                f"{storage.redact(p)} not found: is {storage.redact(bundle)} a calibseg bundle "
+                "(calibseg bundle create …)?"
+            )
+    splits = storage.read_json(splits_path)
+    items = splits.get("test") if isinstance(splits, dict) else None
+    if not items:
+        raise ValueError(f"{storage.redact(splits_path)} has no 'test' items to evaluate.")
+    cfg = yaml.safe_load(storage.read_text(data_path)) or {}
+    names = cfg.get("class_names")
+    if not names or not isinstance(names, list):
+        raise ValueError(f"{storage.redact(data_path)} has no 'class_names' list.")
+    return items, [str(n) for n in names], str(cfg.get("dataset", ""))
+
+
+def _stats_summary(
+    results: list[dict], names: list[str]
+) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+    import torch
+
+    from calibseg.binning import BinStats
+
+    stats = BinStats(
+        torch.from_numpy(np.stack([r["weight"] for r in results])),
+        torch.from_numpy(np.stack([r["sum_p"] for r in results])),
+        torch.from_numpy(np.stack([r["sum_gt"] for r in results])),
+    )
+    micro = {k: v[0].numpy() for k, v in stats.total().errors().items()}
+    per_case = {m: np.stack([r[m] for r in results]) for m in METRICS}  # [N, C]
+
+    def mean_std(a: np.ndarray) -> dict[str, float | int | None]:
+        ok = a[np.isfinite(a)]
+        return {
+            "mean": float(ok.mean()) if ok.size else None,
+            "std": float(ok.std()) if ok.size else None,
+            "n": int(ok.size),
+        }
+
+    summary: dict[str, Any] = {"classes": {}}
+    for c, name in enumerate(names):
+        summary["classes"][name] = {
+            "macro": {k: mean_std(per_case[k][:, c])["mean"] for k in ("ece", "ace", "mce")},
+            "micro": {
+                k: (float(micro[k][c]) if np.isfinite(micro[k][c]) else None)
+                for k in ("ece", "ace", "mce")
+            },
+            "dice": mean_std(per_case["dice"][:, c]),
+            "hd95": mean_std(per_case["hd95"][:, c]),
+            "missing_cases": int(per_case["missing"][:, c].sum()),
+        }
+    rows = [
+        {"case": r["case"], "class": name, "metric": m, "value": float(r[m][c])}
+        for r in results
+        for c, name in enumerate(names)
+        for m in METRICS
+    ]
+    return stats, summary, rows
+
+
+def evaluate_run(
+    bundle: str | os.PathLike,
+    run_name: str = "seed_0",
+    regions: bool = False,
+    num_bins: int = 20,
+    case_figures: bool = False,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate the test-split predictions of ``<bundle>/<run_name>/predictions/``.
+
+    Writes ``cases.csv`` (tidy: case, class, metric, value with metric in dice, hd95, ece,
+    ace, mce, missing), ``summary.json`` (per class: macro and micro ECE/ACE/MCE, Dice and
+    HD95 mean/std/n over cases where defined, number of cases missing the class),
+    ``bin_stats.npz`` (per-case BinStats ``[N, C, K]``) and ``dataset_reliability_diagram.png``
+    (+ one ``<case>_reliability_diagram.png`` each with ``case_figures``) into
+    ``<bundle>/<run_name>/evaluation/`` (or ``out_dir``), or the next free ``…_2``, ``…_3``
+    folder if that one already has results. Any path may be an ``s3://`` URL.
+
+    Returns the summary dict (also with ``"output_dir"``).
+    """
+    from calibseg.distributed import map_cases, resolve_mode
+
+    if not isinstance(num_bins, int) or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}.")
+    resolve_mode(scheduler, workers)
+    bundle = str(bundle).rstrip("/")
+    items, class_names, dataset = _read_bundle(bundle)
+    run = storage.join(bundle, run_name)
+    pred_dir = storage.join(run, "predictions")
+    tasks = []
+    for it in items:
+        case = str(it.get("case") or "")
+        if not case or "label" not in it:
+            raise ValueError(f"test item without 'case'/'label' in {storage.redact(bundle)}: {it}")
+        tasks.append(
+            {
+                "case": case,
+                "label": it["label"],
+                "prob": storage.join(pred_dir, f"{case}_prob.nii.gz"),
+            }
+        )
+    present = set(_list_names(pred_dir))
+    missing = [t["case"] for t in tasks if os.path.basename(t["prob"]) not in present]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise FileNotFoundError(
+            f"no prediction for case {missing[0]}{more} in {storage.redact(pred_dir)}: "
+            f"run `calibseg predict {storage.redact(bundle)} --run {run_name}` first."
+        )
+    names = class_names
+    region_key = None
+    if regions:
+        region_key = dataset
+        names = _region_transforms(dataset)[2]
+    fn = partial(evaluate_case, num_classes=len(class_names), num_bins=num_bins, regions=region_key)
+    results = map_cases(
+        fn, tasks, scheduler=scheduler, workers=workers, progress=progress, description="evaluate"
+    )
+    stats, summary, rows = _stats_summary(results, names)
+
+    out = next_free_dir(str(out_dir) if out_dir is not None else storage.join(run, "evaluation"))
+    storage.makedirs(out)
+    case_ids = [r["case"] for r in results]
+    _write_csv(storage.join(out, "cases.csv"), rows)
+    from calibseg.metrics import save_bin_stats
+
+    save_bin_stats(storage.join(out, "bin_stats.npz"), stats, case_ids, names)
+    figures = _figures(stats, out, case_ids, names, case_figures)
+    summary = {
+        "bundle": storage.redact(bundle),
+        "run": run_name,
+        "dataset": dataset,
+        "regions": bool(regions),
+        "num_cases": len(results),
+        "num_bins": num_bins,
+        "class_names": names,
+        "hd95_units": "label voxel-spacing units (mm for NIfTI in mm)",
+        **summary,
+        "figures": [os.path.basename(str(f)) for f in figures],
+        "output_dir": storage.redact(out),
+    }
+    storage.write_json(storage.join(out, "summary.json"), summary)
+    log.info("evaluation of %d cases written to %s", len(results), storage.redact(out))
+    return summary
+
+
+def _list_names(folder: str) -> list[str]:
+    try:
+        return storage.ls(folder)
+    except FileNotFoundError:
+        return []
+
+
+def _write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
+    import pandas as pd
+
+    buf = io.StringIO()
+    pd.DataFrame(rows, columns=["case", "class", "metric", "value"]).to_csv(buf, index=False)
+    storage.write_text(path, buf.getvalue())
+
+
+def _figures(stats, out: str, case_ids: list[str], names: list[str], case_figures: bool) -> list:
+    from calibseg.visualize import (
+        draw_case_reliability_diagrams,
+        draw_dataset_reliability_diagrams,
+    )
+
+    files = list(draw_dataset_reliability_diagrams(stats, out, class_names=names))
+    if case_figures:
+        files += list(draw_case_reliability_diagrams(stats, out, case_ids, class_names=names))
+    return files
