@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 
 import numpy as np
@@ -69,6 +70,9 @@ def test_amos_ct_only_and_max_ct_id(tmp_path, nii, labvol):
     assert len(spec.scan(str(root), max_ct_id=1000)) == 4
     assert spec.validate(items) == []
     assert len(spec.class_names) == 16 and spec.class_names[6] == "liver"
+    os.remove(root / "labelsTr" / "amos_0007.nii.gz")
+    problems = spec.validate(spec.scan(str(root)))
+    assert len(problems) == 1 and problems[0].startswith("amos_0007: missing label file")
 
 
 def test_kits_layout_shape_mismatch_and_corrupt(tmp_path, nii, labvol):
@@ -172,6 +176,27 @@ def test_decathlon_without_dataset_json(tmp_path, nii, labvol):
         "a_rater1.nii.gz",
         "a_rater2.nii.gz",
     ]
+
+
+def test_decathlon_dataset_json_relative_paths_and_missing_rater(tmp_path, nii, labvol):
+    nii(str(tmp_path / "imagesTr" / "x.nii.gz"), IMG)
+    nii(str(tmp_path / "labelsTr" / "x.nii.gz"), labvol(0))
+    entry = {
+        "image": "./imagesTr/x.nii.gz",
+        "label": "labelsTr/x.nii.gz",
+        "raters": ["./labelsTr/x_r1.nii.gz"],
+    }
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": [entry]}))
+    items = get_dataset("synthetic").scan(str(tmp_path))
+    assert items == [
+        {
+            "case": "x",
+            "image": str(tmp_path / "imagesTr" / "x.nii.gz"),
+            "label": str(tmp_path / "labelsTr" / "x.nii.gz"),
+            "raters": [str(tmp_path / "labelsTr" / "x_r1.nii.gz")],
+        }
+    ]
+    assert [p.problem for p in check_items(items)] == ["missing rater 1 label file"]
 
 
 @pytest.mark.parametrize("name", ["acdc17", "amos22", "brats21", "kits23", "synthetic"])
