@@ -1,0 +1,79 @@
+"""map_cases / submit_training in-process, on a scheduler address, and on a LocalCluster."""
+
+from __future__ import annotations
+
+import operator
+import os
+from functools import partial
+
+import pytest
+
+from calibseg.distributed import get_client, map_cases, resolve_mode, submit_training
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster():
+    """A 2-process LocalCluster whose workers each declare one (pretend) GPU."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        resources={"GPU": 1},
+    )
+    yield cluster
+    cluster.close()
+
+
+def test_modes_are_validated():
+    assert resolve_mode() == "inprocess"
+    assert resolve_mode(workers=2) == "local"
+    assert resolve_mode(scheduler="tcp://127.0.0.1:8786") == "scheduler"
+    with pytest.raises(ValueError, match="not both"):
+        resolve_mode("tcp://h:1", 2)
+    with pytest.raises(ValueError, match="positive integer"):
+        resolve_mode(workers=0)
+    with pytest.raises(ValueError, match="address like tcp://"):
+        resolve_mode(scheduler="localhost")
+    with get_client() as c:
+        assert c is None
+
+
+def test_inprocess_map_keeps_order_and_raises():
+    assert map_cases(partial(operator.mul, 3), [1, 2, 3], progress=True) == [3, 6, 9]
+    with pytest.raises(ValueError, match="invalid literal"):
+        map_cases(int, ["1", "x"], progress=False)
+
+
+def test_scheduler_map_matches_inprocess_and_runs_on_workers(gpu_cluster):
+    items = list(range(12))
+    fn = partial(operator.pow, 2)
+    assert map_cases(fn, items, scheduler=gpu_cluster.scheduler_address) == [2**i for i in items]
+    # the error of a failing case comes back with its type and message
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        map_cases(int, ["4", "five", "6"], scheduler=gpu_cluster.scheduler_address, progress=False)
+
+
+def test_submit_training_uses_gpu_resource_on_worker_processes(gpu_cluster):
+    from distributed import Client
+
+    jobs = [(dict, {"member": i, "seed": 10 + i}) for i in range(3)] + [(os.getpid, {})]
+    out = submit_training(jobs, scheduler=gpu_cluster.scheduler_address, progress=False)
+    assert out[:3] == [{"member": i, "seed": 10 + i} for i in range(3)]
+    with Client(gpu_cluster) as c:
+        worker_pids = set(c.run(os.getpid).values())
+        assert out[3] in worker_pids and out[3] != os.getpid()
+        # a task asking for a resource no worker has never runs → not done within 1 s
+        fut = c.submit(os.getpid, resources={"TPU": 1}, pure=False)
+        with pytest.raises(TimeoutError):
+            fut.result(timeout=1)
+        fut.cancel()
+    # in-process: same results, run here
+    assert submit_training([(dict, {"a": 1}), (os.getpid, {})], progress=False) == [
+        {"a": 1},
+        os.getpid(),
+    ]
+    with pytest.raises(TypeError, match="callable"):
+        submit_training([("not callable", {})])
