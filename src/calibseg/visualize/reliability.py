@@ -294,8 +294,7 @@ def draw_dataset_reliability_diagrams(
     heat_np = heat.numpy()
     show_counts = bool(opts.get("show_counts", True))
     show_agg = bool(opts.get("show_aggregate", True))
-    cmap = matplotlib.colormaps[opts.get("cmap", "viridis")].copy()
-    cmap.set_bad("#f4f4f4")
+    cmap = matplotlib.colormaps[opts.get("cmap", "viridis")].with_extremes(bad="#f4f4f4")
     n_cases = stats.shape[0]
     n_panels = len(panel_names)
     storage.makedirs(out_dir)
