@@ -162,12 +162,18 @@ def _make_dataset(items: list[dict], transform: Any, cache_rate: float):
     return Dataset(items, transform)
 
 
+def _plain(t: Any) -> Any:
+    """A plain ``torch.Tensor`` (MONAI MetaTensors slow every op down through __torch_function__)."""
+    import torch
+
+    return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
+
+
 def _one_hot_target(y: Any, num_classes: int) -> Any:
     """[B,1,...] index labels → [B,C,...] one-hot float; [B,C,...] soft labels kept (float)."""
-    import torch
     from monai.networks.utils import one_hot
 
-    y = torch.as_tensor(y)
+    y = _plain(y)
     if y.shape[1] == 1:
         return one_hot(y.round().long(), num_classes=num_classes, dim=1).float()
     return y.float()
@@ -184,7 +190,7 @@ def _validate(model, loader, inferer, device, num_classes: int, num_bins: int) -
     model.eval()
     with torch.no_grad():
         for batch in loader:
-            x = torch.as_tensor(batch["image"]).to(device)
+            x = _plain(batch["image"]).to(device)
             y = _one_hot_target(batch["label"], num_classes).to(device)
             prob = torch.softmax(inferer(x, model).float(), dim=1)
             seg = torch.nn.functional.one_hot(prob.argmax(1), num_classes).movedim(-1, 1).float()
@@ -375,7 +381,7 @@ def train(
                 model.train()
                 losses = []
                 for batch in loader:
-                    x = torch.as_tensor(batch["image"]).to(dev)
+                    x = _plain(batch["image"]).to(dev)
                     y = _one_hot_target(batch["label"], num_classes).to(dev)
                     optimizer.zero_grad(set_to_none=True)
                     with torch.autocast(dev.type, enabled=use_amp):
@@ -504,7 +510,7 @@ def predict(
         item = {k: v for k, v in it.items() if k in ("case", "image")}
         data = pre(item)
         with torch.no_grad():
-            x = torch.as_tensor(data["image"])[None].to(dev)
+            x = _plain(data["image"])[None].to(dev)
             prob = torch.softmax(inferer(x, model).float(), dim=1)[0].cpu()
         from monai.data import MetaTensor
 
