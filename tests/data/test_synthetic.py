@@ -105,3 +105,20 @@ def test_raters_disagree_plausibly_and_majority_vote():
 def test_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         generate(str(tmp_path), **kwargs)
+
+
+def test_remote_urls_generate_scan_validate(tmp_path, monkeypatch):
+    from calibseg import storage
+
+    monkeypatch.setenv("CALIBSEG_CACHE", str(tmp_path / "cache"))
+    url = "memory://calibseg-data-test/synth"
+    try:
+        assert generate(url, n_cases=2, n_raters=2, shape=(12, 12, 8)) == url + "/dataset.json"
+        spec = get_dataset("synthetic")
+        items = spec.scan(spec.resolve_root(url))
+        assert items[1]["raters"][1] == url + "/labelsTr/synth_001_rater2.nii.gz"
+        assert spec.validate(items) == []
+        storage.rm(items[0]["label"])
+        assert spec.validate(items) == [f"synth_000: missing label file ({items[0]['label']})"]
+    finally:
+        storage.rm("memory://calibseg-data-test", recursive=True)
