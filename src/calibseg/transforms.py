@@ -26,7 +26,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
+from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Randomizable
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
@@ -84,7 +84,9 @@ def _apply_regions(x: torch.Tensor, regions: np.ndarray) -> torch.Tensor:
     return torch.tensordot(g, x, dims=([1], [0]))
 
 
-def labels_to_regions(label, regions: np.ndarray = KITS23_REGIONS, raw_brats: bool = False):
+def labels_to_regions(
+    label: NdarrayOrTensor, regions: np.ndarray = KITS23_REGIONS, raw_brats: bool = False
+) -> NdarrayOrTensor:
     """Class labels ``[1, *spatial]`` (or one-hot ``[C, *spatial]``) → 0/1 regions ``[R, *spatial]``.
 
     ``regions`` is a ``[R, C]`` 0/1 membership matrix; row 0 should be the background class
@@ -98,7 +100,9 @@ def labels_to_regions(label, regions: np.ndarray = KITS23_REGIONS, raw_brats: bo
     return convert_to_dst_type(out, dst=label, dtype=out.dtype)[0]
 
 
-def probabilities_to_regions(prob, regions: np.ndarray = KITS23_REGIONS):
+def probabilities_to_regions(
+    prob: NdarrayOrTensor, regions: np.ndarray = KITS23_REGIONS
+) -> NdarrayOrTensor:
     """Class probabilities ``[C, *spatial]`` → summed region probabilities ``[R, *spatial]``."""
     t = convert_to_tensor(prob, track_meta=False)
     if t.ndim < 2 or t.shape[0] != regions.shape[1]:
@@ -305,7 +309,7 @@ def rater_label_transform(
     rater_keys: Sequence[str],
     num_classes: int,
     output_key: str = "label",
-):
+) -> MapTransform | None:
     """The transform that sets the training target from the rater labels, or None.
 
     ``rater``: None → keep ``output_key`` (the majority-vote label) and return None;
