@@ -19,6 +19,8 @@ def train(
     scheduler: str | None = typer.Option(
         None, help="Dask scheduler address (tcp://host:8786) to fan the members out."
     ),
+    workers: int | None = typer.Option(None, help="Train members on N local Dask workers."),
+    gpus_per_member: float = typer.Option(0, help="GPUs each member asks of a Dask worker."),
 ) -> None:
     """Train one member per (rater, seed), named rater<k>_seed<s> / mean_seed<s> / random_seed<s>.
 
@@ -36,6 +38,8 @@ def train(
         max_epochs=max_epochs,
         debug=debug,
         scheduler=scheduler,
+        workers=workers,
+        gpus_per_member=gpus_per_member,
         on_done=lambda n, d: console.print(f"[green]done[/] {n} → {d}"),
     )
     console.print(f"{len(runs)} members trained in {bundle}")
@@ -103,6 +107,8 @@ def combine(
     out: str | None = typer.Option(None, help="Output folder (default <bundle>/ensembles)."),
     method: str = typer.Option("mean", help="mean | logit-mean | weighted"),
     weights: str | None = typer.Option(None, help="Comma-separated weights for --method weighted."),
+    scheduler: str | None = typer.Option(None, help="Dask scheduler address to fan cases out."),
+    workers: int | None = typer.Option(None, help="Local Dask workers (default: in-process)."),
 ) -> None:
     """Combine member predictions (streaming) and write uncertainty maps beside the ensemble.
 
@@ -143,6 +149,8 @@ def combine(
             weights=gw,
             strategy=strategy,
             group=gname,
+            scheduler=scheduler,
+            workers=workers,
         )
         console.print(
             f"[green]{gname}[/]: {len(names)} members, {len(meta['cases'])} cases → {dest} "

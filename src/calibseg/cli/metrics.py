@@ -77,7 +77,8 @@ def compute(
             raise ValueError(
                 f"{out} is not a calibseg metrics table (columns {list(old.columns)})."
             )
-        old = old[~((old["model"] == model_name) & (old["group"].fillna("") == group))]
+        old["group"] = old["group"].fillna("").astype(str)
+        old = old[~((old["model"] == model_name) & (old["group"] == group))]
         df = pd.concat([old, df], ignore_index=True)
     summary = summarise(df)
     storage.write_text(out, df.to_csv(index=False))

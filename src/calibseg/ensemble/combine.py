@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -116,6 +117,12 @@ def combine_case(
     }
 
 
+def _combine_job(item, names, weights, out_dir, method) -> dict:
+    case, paths = item
+    with torch.no_grad():
+        return combine_case(case, paths, names, weights, out_dir, method=method)
+
+
 def combine_members(
     members: Mapping[str, str],
     out_dir: str,
@@ -123,14 +130,15 @@ def combine_members(
     weights: Sequence[float] | None = None,
     strategy: str = "global",
     group: str | None = None,
-    progress=None,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> dict:
     """Ensemble the members ``{name: prediction folder}`` into ``out_dir``.
 
     ``method``: ``mean`` | ``logit-mean`` | ``weighted`` (with ``weights``, one per member,
     normalised to sum 1). ``strategy``/``group`` are recorded in ``ensemble.json``.
-    ``progress``: optional callable called with each finished case's result.
-    Returns the ``ensemble.json`` content.
+    Cases fan out through ``calibseg.distributed.map_cases`` (in-process by default; a Dask
+    cluster with ``scheduler`` or ``workers``). Returns the ``ensemble.json`` content.
     """
     if not members:
         raise ValueError("no ensemble members given.")
@@ -142,15 +150,11 @@ def combine_members(
     w = normalise_weights(weights, len(names), method)
     cases, files = match_cases(members)
     storage.makedirs(out_dir)
-    results = []
-    with torch.no_grad():
-        for case in cases:
-            res = combine_case(
-                case, [files[n][case] for n in names], names, w, out_dir, method=method
-            )
-            results.append(res)
-            if progress is not None:
-                progress(res)
+    from calibseg.distributed import map_cases
+
+    job = partial(_combine_job, names=names, weights=w, out_dir=out_dir, method=method)
+    items = [(case, [files[n][case] for n in names]) for case in cases]
+    results = map_cases(job, items, scheduler=scheduler, workers=workers, description="ensemble")
     meta = {
         "members": [{"name": n, "path": str(members[n])} for n in names],
         "method": method,

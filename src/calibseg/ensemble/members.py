@@ -79,39 +79,45 @@ def train_members(
     max_epochs: int | None = None,
     debug: bool = False,
     scheduler: str | None = None,
+    workers: int | None = None,
+    gpus_per_member: float = 0,
     on_done: Callable[[str, str], None] | None = None,
 ) -> dict[str, str]:
     """Train one member per (rater, seed) with ``calibseg.bundles.runner.train``; returns
-    ``{member: run dir}``. With ``scheduler``, runs are submitted through
-    ``calibseg.distributed.submit_training`` and awaited."""
+    ``{member: run dir}``. With ``scheduler`` (or ``workers``) the runs are Dask tasks through
+    ``calibseg.distributed.submit_training``, each asking for ``gpus_per_member`` GPUs."""
+    from calibseg.bundles import runner
+
     plan = member_plan(raters, seeds)
+    kwargs = [
+        {
+            "bundle": bundle,
+            "seed": s,
+            "max_epochs": max_epochs,
+            "debug": debug,
+            "run_name": name,
+            "rater": r,
+        }
+        for name, r, s in plan
+    ]
     runs: dict[str, str] = {}
-    if scheduler:
+    if scheduler or workers:
         from calibseg.distributed import submit_training
 
-        futures = {
-            name: submit_training(
-                bundle,
-                seed=s,
-                run_name=name,
-                rater=r,
-                max_epochs=max_epochs,
-                debug=debug,
-                scheduler=scheduler,
-            )
-            for name, r, s in plan
-        }
-        for name, fut in futures.items():
-            runs[name] = str(fut.result() if hasattr(fut, "result") else fut)
+        res = {"GPU": float(gpus_per_member)} if gpus_per_member else {}
+        results = submit_training(
+            [(runner.train, kw) for kw in kwargs],
+            scheduler=scheduler,
+            workers=workers,
+            resources=res,
+        )
+        for (name, _, _), run in zip(plan, results, strict=True):
+            runs[name] = str(run)
             if on_done:
                 on_done(name, runs[name])
         return runs
-    from calibseg.bundles import runner
-
-    for name, r, s in plan:
-        runs[name] = str(
-            runner.train(bundle, seed=s, max_epochs=max_epochs, debug=debug, run_name=name, rater=r)
-        )
+    for (name, _, _), kw in zip(plan, kwargs, strict=True):
+        runs[name] = str(runner.train(**kw))
         if on_done:
             on_done(name, runs[name])
     return runs

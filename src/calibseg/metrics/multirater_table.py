@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -182,22 +183,20 @@ def read_label_float(path: str):
 
 
 def map_over_cases(fn, arg_list: list[tuple], scheduler: str | None, workers: int | None) -> list:
-    """Apply ``fn(*args)`` to every args tuple: through ``calibseg.distributed.map_cases`` when
-    a scheduler or worker count is given, in-process otherwise (or if it is unavailable)."""
-    if scheduler or workers:
-        try:
-            from calibseg.distributed import map_cases
-        except ImportError:
+    """Apply ``fn(*args)`` to every args tuple through ``calibseg.distributed.map_cases``
+    (in-process by default, a Dask cluster with ``scheduler`` or ``workers``)."""
+    try:
+        from calibseg.distributed import map_cases
+    except ImportError:
+        if scheduler or workers:
             log.warning("calibseg.distributed.map_cases is not available; computing in-process")
-        else:
-            return list(
-                map_cases(_star, [(fn, a) for a in arg_list], scheduler=scheduler, workers=workers)
-            )
-    return [fn(*a) for a in arg_list]
+        return [fn(*a) for a in arg_list]
+    jobs = [(fn, a) for a in arg_list]
+    return list(map_cases(_star, jobs, scheduler=scheduler, workers=workers, description="metrics"))
 
 
-def _star(pair):
-    fn, args = pair
+def _star(job: tuple) -> Any:
+    fn, args = job
     return fn(*args)
 
 
@@ -295,6 +294,7 @@ def summarise(df):
     plus ``n_cases`` (cases with at least one finite value)."""
     import pandas as pd
 
+    df = df.assign(group=df["group"].fillna("").astype(str))
     per = df[df["case"] != "ALL"]
     keys = ["model", "group", "metric", "rater"]
     wide = per.pivot_table(

@@ -1,0 +1,107 @@
+import os
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from calibseg.cli.app import app
+from calibseg.metrics.multirater_table import COLUMNS, compute_metrics_table, load_rater_items
+
+runner = CliRunner()
+
+
+def test_compute_and_compare_cli(synth_multirater, tmp_path):
+    ds, good, poor = synth_multirater
+    out = str(tmp_path / "metrics.csv")
+    r = runner.invoke(app, ["metrics", "compute", "--pred", good, "--raters", ds, "--out", out])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        app,
+        [
+            "metrics",
+            "compute",
+            "--pred",
+            poor,
+            "--raters",
+            os.path.dirname(ds),
+            "--out",
+            out,
+            "--append",
+            "--region",
+            "dilated",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out, dtype={"case": str, "rater": str})
+    assert list(df.columns) == COLUMNS
+    assert set(df["model"]) == {"good", "poor"}
+    assert set(df["class"]) >= {"organ", "vessel", "lesion", "all"}
+    per_case = df[(df.metric == "dice") & (df.rater == "1") & (df["class"] == "organ")]
+    assert len(per_case) == 6  # 3 cases × 2 models
+    summary = pd.read_csv(str(tmp_path / "metrics_summary.csv"))
+    row = summary[(summary.model == "good") & (summary.metric == "dice") & (summary.rater == "1")]
+    assert row["organ"].iloc[0] == pytest.approx(per_case[per_case.model == "good"]["value"].mean())
+    assert int(row["n_cases"].iloc[0]) == 3
+    assert len(df[(df.case == "ALL") & (df.metric == "aurc_case")]) == 2
+    # both are made from rater 1's labels, "good" with a 4× stronger signal: closer to rater 1
+    d = per_case.groupby("model")["value"].mean()
+    assert d["good"] > d["poor"]
+    assert per_case[per_case.model == "good"]["value"].min() > 0.95
+    r = runner.invoke(
+        app,
+        [
+            "metrics",
+            "compare",
+            out,
+            "--a",
+            "poor",
+            "--b",
+            "good",
+            "--metric",
+            "dice",
+            "--n-boot",
+            "200",
+            "--out",
+            str(tmp_path / "cmp.csv"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    cmp = pd.read_csv(tmp_path / "cmp.csv")
+    assert set(cmp["n_cases"]) == {3}
+
+
+def test_curvas_layout_and_errors(synth_multirater, tmp_path):
+    ds, good, _ = synth_multirater
+    items, names = load_rater_items(ds)
+    assert names == ["background", "organ", "vessel", "lesion"] and len(items) == 3
+    # the same data in the CURVAS layout: <case>/image.nii.gz + annotation_k.nii.gz
+    root = tmp_path / "curvas"
+    for it in items:
+        d = root / it["case"]
+        d.mkdir(parents=True)
+        os.symlink(it["image"], d / "image.nii.gz")
+        for k, p in enumerate(it["raters"], 1):
+            os.symlink(p, d / f"annotation_{k}.nii.gz")
+    a = compute_metrics_table(good, str(root), model="m")
+    b = compute_metrics_table(good, ds, model="m")
+    assert a["value"].to_numpy() == pytest.approx(b["value"].to_numpy(), nan_ok=True)
+    body = compute_metrics_table(good, ds, model="m", region="body", body_threshold=0.3)
+    assert len(body) == len(b)
+    other = tmp_path / "other"
+    other.mkdir()
+    os.symlink(os.path.join(good, f"{items[0]['case']}_prob.nii.gz"), other / "zz_prob.nii.gz")
+    with pytest.raises(ValueError, match="no case in common"):
+        compute_metrics_table(str(other), ds)
+    r = runner.invoke(
+        app, ["metrics", "compute", "--pred", good, "--raters", str(tmp_path / "nope")]
+    )
+    assert r.exit_code != 0 and isinstance(r.exception, FileNotFoundError)
+    lab = nib.load(items[0]["raters"][0])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    p = np.full((*lab.shape, 2), 0.5, dtype=np.float32)  # 2 channels for 4 classes
+    nib.save(nib.Nifti1Image(p, lab.affine), bad / f"{items[0]['case']}_prob.nii.gz")
+    with pytest.raises(ValueError, match="2 channels"):
+        compute_metrics_table(str(bad), ds)
