@@ -105,3 +105,11 @@ def fake():
         random_labels=random_labels,
         write_nifti=write_nifti,
     )
+
+
+@pytest.fixture
+def no_figures(monkeypatch):
+    """Skip drawing (slow, and covered by the tests that check the figure files)."""
+    from calibseg.evaluate import pipeline
+
+    monkeypatch.setattr(pipeline, "_figures", lambda *a, **k: [])

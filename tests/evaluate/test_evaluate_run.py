@@ -40,7 +40,7 @@ def test_perfect_prediction_gives_dice_one_zero_calibration_error(fake, tmp_path
     assert os.path.isfile(os.path.join(out, "dataset_reliability_diagram.png"))
 
 
-def test_constant_probabilities_macro_and_micro_match_hand_computation(fake, tmp_path):
+def test_constant_probabilities_macro_and_micro_match_hand_computation(fake, no_figures, tmp_path):
     """p_c constant over the volume → one non-empty bin: ECE = ACE = MCE = |p_c − freq_c|."""
     labels = fake.random_labels(3, seed=1)
     labels[2][:] = 0  # case 2 has only background → classes 1, 2 missing
@@ -68,7 +68,7 @@ def test_constant_probabilities_macro_and_micro_match_hand_computation(fake, tmp
     assert miss.to_dict() == {"background": 0.0, "liver": 1.0, "tumour": 1.0}
 
 
-def test_hd95_uses_voxel_spacing(fake, tmp_path):
+def test_hd95_uses_voxel_spacing(fake, no_figures, tmp_path):
     lab = np.zeros((12, 12, 12), np.uint8)
     lab[3:8, 3:8, 3:8] = 1
     pred = np.roll(lab, 1, axis=0)  # shifted one voxel along x (spacing 1.5)
@@ -78,7 +78,7 @@ def test_hd95_uses_voxel_spacing(fake, tmp_path):
     assert s["classes"]["organ"]["dice"]["mean"] == pytest.approx(2 * 100 / 250)
 
 
-def test_second_evaluation_goes_to_a_new_folder(fake, tmp_path):
+def test_second_evaluation_goes_to_a_new_folder(fake, no_figures, tmp_path):
     labels = fake.random_labels(2)
     bundle = fake.make_run(tmp_path, labels, [fake.one_hot_last(lab, 3) for lab in labels], NAMES)
     first = evaluate_run(bundle, progress=False)["output_dir"]
@@ -107,7 +107,7 @@ def test_missing_prediction_and_shape_mismatch_are_clear_errors(fake, tmp_path):
         evaluate_run(bundle, regions=True, progress=False)
 
 
-def test_kits_regions_perfect_prediction(fake, tmp_path):
+def test_kits_regions_perfect_prediction(fake, no_figures, tmp_path):
     labels = fake.random_labels(2, c=4, seed=3)
     for lab in labels:
         lab[6:8, 1:3, 1:3] = 3  # cyst
@@ -121,7 +121,7 @@ def test_kits_regions_perfect_prediction(fake, tmp_path):
         assert c["dice"]["mean"] == 1.0 and c["micro"]["ece"] == 0.0
 
 
-def test_cli_prints_table_and_rejects_seed_with_run(fake, tmp_path, monkeypatch):
+def test_cli_prints_table_and_rejects_seed_with_run(fake, no_figures, tmp_path, monkeypatch):
     from calibseg.cli import common
 
     monkeypatch.setattr(common.console, "width", 200)
