@@ -409,9 +409,9 @@ class _BinnedSums(torch.autograd.Function):
         ctx.save_for_backward(p, y)
         ctx.conf = (num_bins, right, soft)
         shape = (b, c, num_bins)
-        out = tuple(t.to(p.dtype).view(shape) for t in (w, sp, sy))
-        if not soft:
-            ctx.mark_non_differentiable(out[0])
+        out = tuple(t.view(shape).to(p.dtype, copy=True) for t in (w, sp, sy))
+        if not soft:  # hard counts have no gradient, nor hard target sums unless y needs one
+            ctx.mark_non_differentiable(*out[:1], *out[2:] if not ctx.needs_input_grad[1] else ())
         return out
 
     @staticmethod
@@ -567,7 +567,7 @@ def _compute_bin_stats_torch(
     base = (torch.arange(b * c, device=y_pred.device) * num_bins).view(b, c, 1)
     size = b * c * num_bins
     for start in range(0, max(n, 1), cols):
-        pc = p[..., start : start + cols]
+        pc = p[..., start : start + cols].contiguous()
         gc = g[..., start : start + cols].to(torch.float64)
         if not soft:
             # counts and sums on the same indices but accumulated in int64 / float64
@@ -605,10 +605,10 @@ def compute_bin_stats(
     bounded. CUDA tensors use the chunked torch path.
     """
     _check_num_bins(num_bins)
+    validate_pair(y_pred, y, check_range=False)
     kern = _use_kernels(y_pred, y, num_bins)
     if kern is None:
         return _compute_bin_stats_torch(y_pred, y, num_bins, right, soft, chunk_size, validate)
-    validate_pair(y_pred, y, check_range=False)
     if not y_pred.is_floating_point():
         raise ValueError(f"y_pred must be a floating-point tensor, got {y_pred.dtype}.")
     stats, bad_p, bad_y = _kernel_bin_stats(kern, y_pred, y, num_bins, right, soft, chunk_size)
