@@ -22,6 +22,7 @@ from calibseg.losses._inputs import (
     check_activation,
     check_num_bins,
     check_same_ndim,
+    check_unit_range,
     class_weight_tensor,
     prepare_target,
 )
@@ -151,9 +152,18 @@ class _L1ACELoss(_Loss):
                 + ("" if self.to_onehot_y else "; for class indices set to_onehot_y=True")
                 + "."
             )
+        target_checked = self.to_onehot_y and n_pred_ch > 1  # built here: one-hot, valid
         if not self.include_background and n_pred_ch > 1:
             input, target = input[:, 1:], target[:, 1:]
-        validate_pair(input, target, hint=_RANGE_HINT)
+        validate_pair(input, target, check_range=False)
+        check_unit_range(input, "input", _RANGE_HINT)
+        if not target_checked:
+            check_unit_range(
+                target,
+                "target",
+                "give one-hot or soft labels, or class indices "
+                "[B, 1, *spatial] with to_onehot_y=True",
+            )
 
         w, sum_p, sum_gt = binned_sums(
             input, target, num_bins=self.num_bins, right=self.right, soft=self._soft
