@@ -66,7 +66,7 @@ def _panel_size(opts: dict[str, Any], n_panels: int, rows: float) -> tuple[float
         w, h = opts["figsize"]
         return float(w), float(h)
     pw, ph = opts.get("panel_size", (3.4, 3.4))
-    return pw * n_panels + 0.4, ph * rows + 0.7
+    return pw * n_panels + 0.4, ph * rows + 1.2
 
 
 def _save(fig: Any, path: str, fmt: str, savefig_kwargs: dict[str, Any] | None) -> str:
@@ -225,7 +225,8 @@ def draw_case_reliability_diagrams(
                         "alpha": 0.9,
                     },
                 )
-                ax.set_title(pname)
+                absent = j < len(names) and bool(stats.sum_gt[i, j].sum() <= 0)
+                ax.set_title(f"{pname}\n(absent from ground truth)" if absent else pname)
                 if j == 0:
                     ax.set_ylabel("accuracy (mean target)")
                     fig.legend(loc="outside lower center", ncols=3, frameon=False)
@@ -350,7 +351,11 @@ def draw_dataset_reliability_diagrams(
                 _count_axes(cax, cnt[j], k, "voxels" if j == 0 else "")
             else:
                 ax.set_xlabel("confidence")
-        fig.colorbar(im, ax=fig.axes[:: 2 if show_counts else 1], shrink=0.8, label="cases")
+        from matplotlib.ticker import MaxNLocator
+
+        cbar = fig.colorbar(im, ax=fig.axes[:: 2 if show_counts else 1], shrink=0.8, label="cases")
+        cbar.locator = MaxNLocator(integer=True)
+        cbar.update_ticks()
         title = opts.get("title", "Dataset reliability histogram ({n} cases)")
         fig.suptitle(title.format(n=n_cases), fontsize="large", fontweight="bold")
         path = storage.join(str(out_dir), f"dataset_reliability_diagram.{fmt}")
