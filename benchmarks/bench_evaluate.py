@@ -147,7 +147,7 @@ def main() -> None:
         ((half_in, peak_in),) = s_in.peaks().values()
 
         cluster = LocalCluster(
-            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0"
         )
         client = Client(cluster)
         pids = list(client.run(os.getpid).values())

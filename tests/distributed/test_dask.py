@@ -20,7 +20,7 @@ def gpu_cluster():
         n_workers=2,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",
         resources={"GPU": 1},
     )
     yield cluster

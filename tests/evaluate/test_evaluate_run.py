@@ -137,7 +137,7 @@ def test_cli_prints_table_and_rejects_seed_with_run(fake, no_figures, tmp_path, 
         app, ["evaluate", bundle, "--run", "rater1_seed11"], terminal_width=200
     )
     assert res.exit_code == 0, res.output
-    assert "liver" in res.output and "1.000 ± 0.000" in res.output and "ECE µ" in res.output
+    assert "liver" in res.output and "1.000±0.000" in res.output and "ECE µ" in res.output
     res = CliRunner().invoke(app, ["evaluate", bundle, "--seed", "1", "--run", "x"])
     assert res.exit_code != 0 and "either --seed or --run" in str(res.exception)
 

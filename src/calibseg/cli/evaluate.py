@@ -55,15 +55,15 @@ def evaluate_cmd(
 
     table = Table(title=f"{run_name}: {summary['num_cases']} test cases, {num_bins} bins")
     for col in ("class", "Dice", "HD95", "ECE", "ACE", "MCE", "ECE µ", "ACE µ", "MCE µ"):
-        table.add_column(col, justify="left" if col == "class" else "right")
+        table.add_column(col, justify="left" if col == "class" else "right", no_wrap=True)
     for name, s in summary["classes"].items():
         d, h = s["dice"], s["hd95"]
         table.add_row(
             name,
-            f"{fmt(d['mean'])} ± {fmt(d['std'])}",
-            f"{fmt(h['mean'], 2)} ± {fmt(h['std'], 2)}",
-            *(fmt(s["macro"][k], 4) for k in ("ece", "ace", "mce")),
-            *(fmt(s["micro"][k], 4) for k in ("ece", "ace", "mce")),
+            f"{fmt(d['mean'])}±{fmt(d['std'])}",
+            f"{fmt(h['mean'], 1)}±{fmt(h['std'], 1)}",
+            *(fmt(s["macro"][k]) for k in ("ece", "ace", "mce")),
+            *(fmt(s["micro"][k]) for k in ("ece", "ace", "mce")),
         )
     console.print(table)
     console.print(

@@ -73,7 +73,7 @@ def get_client(
         n_workers=workers,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",
         resources=resources,
         silence_logs=logging.WARNING,
     )
@@ -176,19 +176,31 @@ def _call(job: tuple[Callable[..., Any], dict[str, Any]]) -> Any:
 
 
 def submit_training(
-    jobs: Sequence[tuple[Callable[..., Any], dict[str, Any]]],
+    jobs: Sequence[tuple[Callable[..., Any], dict[str, Any]]] | str,
     scheduler: str | None = None,
     workers: int | None = None,
     resources: dict[str, float] | None = None,
     progress: bool = True,
-) -> list[Any]:
+    **train_kwargs: Any,
+) -> list[Any] | Any:
     """Run training jobs (e.g. ensemble members) as Dask tasks; results in job order.
 
     Each job is ``(callable, kwargs)``; each task asks for ``resources`` (default
     ``{"GPU": 1}``) so a worker runs one member per GPU it declares. With ``workers=N`` a
     LocalCluster of N single-thread worker processes, each declaring those resources, is used;
     with neither ``scheduler`` nor ``workers`` the jobs run one after another in-process.
+
+    Shorthand: ``submit_training(bundle_path, scheduler=…, seed=…, run_name=…)`` runs one
+    ``calibseg.bundles.runner.train(bundle_path, **train_kwargs)`` job and returns its result
+    (the run directory) instead of a list.
     """
+    if isinstance(jobs, str):
+        from calibseg.bundles.runner import train
+
+        job = (train, {"bundle": jobs, **train_kwargs})
+        return submit_training([job], scheduler, workers, resources, progress)[0]
+    if train_kwargs:
+        raise TypeError(f"unexpected keyword arguments {sorted(train_kwargs)} for a job list.")
     jobs = [(fn, dict(kw)) for fn, kw in jobs]
     for fn, _ in jobs:
         if not callable(fn):

@@ -135,6 +135,7 @@ def evaluate_case(
     dice = compute_dice(seg, y, include_background=True, ignore_empty=True)
     with warnings.catch_warnings():  # empty classes are expected: flagged, HD95 NaN/inf
         warnings.filterwarnings("ignore", message=".* is all 0, this may result in nan/inf")
+        warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
         hd95 = compute_hausdorff_distance(
             seg, y, include_background=True, percentile=95, spacing=list(spacing[: lab.ndim])
         )
