@@ -121,6 +121,8 @@ def test_calibration_error_iteration_average_and_reuse_of_binning_data():
     assert eng.state.metrics["ECE"] == pytest.approx(sum(per_iter) / 3, abs=1e-6)
     with pytest.raises(ValueError, match="average"):
         CalibrationError(average="epoch")
+    with pytest.raises(ValueError, match="over images"):
+        CalibrationError(average="iteration", metric_reduction="mean_channel")
 
 
 def test_calibration_error_handler_macro_micro_missing_and_csv(tmp_path):

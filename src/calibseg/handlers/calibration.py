@@ -80,6 +80,16 @@ class CalibrationError(IgniteMetricHandler):
     ) -> None:
         if average not in ("image", "iteration"):
             raise ValueError(f"average must be 'image' or 'iteration', got {average!r}.")
+        if average == "iteration" and MetricReduction(metric_reduction) not in (
+            MetricReduction.MEAN,
+            MetricReduction.SUM,
+            MetricReduction.MEAN_BATCH,
+            MetricReduction.SUM_BATCH,
+        ):
+            raise ValueError(
+                "average='iteration' needs a metric_reduction over images "
+                f"(mean, sum, mean_batch, sum_batch), got {metric_reduction!r}."
+            )
         metric_fn = CalibrationErrorMetric(
             num_bins=num_bins,
             include_background=include_background,
