@@ -29,6 +29,7 @@ from numba import njit, prange  # noqa: E402
 
 LANES = 4
 BLOCK = 1 << 16
+SMALL = 1 << 15  # values below which a kernel runs on one thread
 _LOCK = threading.Lock()
 
 
@@ -259,10 +260,14 @@ def soft_grad(p, y, inv_width, k, g_w, g_sp, g_sy, gp, gy, want_y, block):
 
 
 def run(fn, *args):
-    """Call a parallel kernel with the torch thread count, one call at a time per process."""
+    """Call a parallel kernel (first argument ``p [R, N]``) with the torch thread count (one
+    thread for small inputs, where waking a pool costs more than it saves), one call at a
+    time per process.
+    """
     import torch
 
+    size = args[0].size
     with _LOCK:
-        n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-        numba.set_num_threads(n)
+        n = 1 if size < SMALL else min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+        numba.set_num_threads(max(1, n))
         return fn(*args)
