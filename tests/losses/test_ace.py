@@ -131,7 +131,7 @@ def test_gradcheck_soft():
     p = torch.rand(1, 2, 4, 3, generator=gen, dtype=torch.float64).requires_grad_()
     t = (torch.rand(1, 2, 4, 3, generator=gen) > 0.5).double()
     loss = SoftL1ACELoss(num_bins=5, reduction="sum")
-    assert torch.autograd.gradcheck(lambda x: loss(x, t), (p,), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda x: loss(x, t), (p,), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
 def test_gradcheck_hard_away_from_edges():
@@ -143,7 +143,7 @@ def test_gradcheck_hard_away_from_edges():
     p = ((bins + frac) / k).requires_grad_()
     t = (torch.rand(1, 2, 4, 3, generator=gen) > 0.5).double()
     loss = HardL1ACELoss(num_bins=k, reduction="sum")
-    assert torch.autograd.gradcheck(lambda x: loss(x, t), (p,), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda x: loss(x, t), (p,), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
 @pytest.mark.parametrize("cls", LOSSES)
@@ -339,3 +339,28 @@ def test_cuda_matches_cpu(cls):
     cpu = cls(softmax=True, to_onehot_y=True)(logits, labels)
     gpu = cls(softmax=True, to_onehot_y=True).cuda()(logits.cuda(), labels.cuda())
     assert gpu.item() == pytest.approx(cpu.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("cls", LOSSES)
+def test_torch_path_matches_kernel_path(cls, monkeypatch):
+    # CALIBSEG_NO_NUMBA selects binning's vectorised torch path (the one CUDA tensors use)
+    logits, labels, _ = random_case(dtype=torch.float32)
+    x = logits.clone().requires_grad_()
+    a = cls(softmax=True, to_onehot_y=True)(x, labels)
+    (ga,) = torch.autograd.grad(a, x)
+    monkeypatch.setenv("CALIBSEG_NO_NUMBA", "1")
+    y = logits.clone().requires_grad_()
+    b = cls(softmax=True, to_onehot_y=True)(y, labels)
+    (gb,) = torch.autograd.grad(b, y)
+    assert a.item() == pytest.approx(b.item(), abs=1e-6)
+    torch.testing.assert_close(ga, gb, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", LOSSES)
+def test_integer_and_bool_targets(cls):
+    logits, labels, onehot = random_case(dtype=torch.float32)
+    want = cls(softmax=True)(logits, onehot).item()
+    assert cls(softmax=True)(logits, onehot.bool()).item() == pytest.approx(want, abs=1e-6)
+    assert cls(softmax=True)(logits, onehot.to(torch.uint8)).item() == pytest.approx(want, abs=1e-6)
+    with pytest.raises(ValueError, match=r"target must lie in \[0, 1\]"):
+        cls(softmax=True)(logits, onehot.long() * 2)

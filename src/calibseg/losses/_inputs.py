@@ -68,6 +68,8 @@ def value_range(x: torch.Tensor, name: str = "input") -> tuple[float, float]:
     """
     if x.numel() == 0:
         return 0.0, 0.0
+    if x.dtype == torch.bool:
+        x = x.to(torch.uint8)
     lo, hi = (float(v) for v in torch.aminmax(x.detach()))
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contains NaN or Inf values.")
@@ -81,8 +83,8 @@ def check_finite(x: torch.Tensor, name: str = "input") -> None:
 
 
 def check_unit_range(x: torch.Tensor, name: str, hint: str) -> None:
-    """Raise ``ValueError`` unless ``x`` is finite and within [0, 1] (bool/integer pass through)."""
-    if not x.is_floating_point():
+    """Raise ``ValueError`` unless ``x`` is finite and within [0, 1] (one pass; bool passes)."""
+    if x.dtype == torch.bool or x.numel() == 0:
         return
     lo, hi = value_range(x, name)
     if lo < 0.0 or hi > 1.0:

@@ -35,6 +35,19 @@ __all__ = [
 ]
 
 _RANGE_HINT = "pass logits with softmax=True (multi-class) or sigmoid=True (multi-label)"
+_TARGET_HINT = (
+    "give one-hot or soft labels, or class indices [B, 1, *spatial] with to_onehot_y=True"
+)
+
+
+def _check_pair(input: torch.Tensor, target: torch.Tensor, target_checked: bool = False) -> None:
+    """Same shapes (via ``validate_pair``), then one range/finiteness pass per tensor."""
+    validate_pair(input, target, check_range=False)
+    if not input.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got {input.dtype}.")
+    check_unit_range(input, "input", _RANGE_HINT)
+    if not target_checked:
+        check_unit_range(target, "target", _TARGET_HINT)
 
 
 def _check_empty_weight(empty_weight: float) -> float:
@@ -60,7 +73,7 @@ def hard_binned_calibration(
         and voxel count per bin; means are NaN in empty bins. Differentiable w.r.t. ``input``.
     """
     check_num_bins(num_bins)
-    validate_pair(input, target, hint=_RANGE_HINT)
+    _check_pair(input, target)
     return binned_means(input, target, num_bins=num_bins, right=right, soft=False)
 
 
@@ -88,7 +101,7 @@ def soft_binned_calibration(
     """
     check_num_bins(num_bins)
     empty_weight = _check_empty_weight(empty_weight)
-    validate_pair(input, target, hint=_RANGE_HINT)
+    _check_pair(input, target)
     return binned_means(
         input, target, num_bins=num_bins, right=right, soft=True, empty_weight=empty_weight
     )
@@ -155,15 +168,7 @@ class _L1ACELoss(_Loss):
         target_checked = self.to_onehot_y and n_pred_ch > 1  # built here: one-hot, valid
         if not self.include_background and n_pred_ch > 1:
             input, target = input[:, 1:], target[:, 1:]
-        validate_pair(input, target, check_range=False)
-        check_unit_range(input, "input", _RANGE_HINT)
-        if not target_checked:
-            check_unit_range(
-                target,
-                "target",
-                "give one-hot or soft labels, or class indices "
-                "[B, 1, *spatial] with to_onehot_y=True",
-            )
+        _check_pair(input, target, target_checked)
 
         w, sum_p, sum_gt = binned_sums(
             input, target, num_bins=self.num_bins, right=self.right, soft=self._soft
