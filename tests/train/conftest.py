@@ -1,6 +1,14 @@
-"""Fixtures: a tiny synthetic dataset on disk (session-wide, generated once)."""
+"""Fixtures: a tiny synthetic dataset, a tiny bundle and one 2-epoch run (session-wide)."""
 
 import pytest
+
+TINY = {
+    "common#roi_size": [16, 16, 16],
+    "common#network_def#init_filters": 4,
+    "common#deep_supervision_depth": 2,
+    "common#network_def#blocks_down": [1, 1, 1],
+    "train#max_epochs": 2,
+}
 
 
 @pytest.fixture(scope="session")
@@ -10,3 +18,27 @@ def synth_root(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("synth")
     generate(str(root), n_cases=5, n_raters=2, shape=(16, 16, 16), seed=0)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides() -> dict:
+    """Bundle overrides for a network and patch small enough for a few-second CPU run."""
+    return dict(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, synth_root) -> str:
+    from calibseg.bundles import create_bundle
+
+    out = tmp_path_factory.mktemp("bundles")
+    return create_bundle(
+        "synthetic", "hardl1ace_dice_ce", out=str(out), data_root=synth_root, overrides=TINY
+    )
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_bundle) -> str:
+    """Run folder of a 2-epoch training (seed 0) of the tiny bundle."""
+    from calibseg.bundles.runner import train
+
+    return train(tiny_bundle, seed=0)

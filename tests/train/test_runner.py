@@ -11,26 +11,6 @@ import torch
 from calibseg.bundles import create_bundle
 from calibseg.bundles import runner as R
 
-TINY = {
-    "common#roi_size": [16, 16, 16],
-    "common#network_def#init_filters": 4,
-    "common#deep_supervision_depth": 2,
-    "train#max_epochs": 2,
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory, synth_root) -> str:
-    out = tmp_path_factory.mktemp("bundles")
-    return create_bundle(
-        "synthetic", "hardl1ace_dice_ce", out=str(out), data_root=synth_root, overrides=TINY
-    )
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_bundle) -> str:
-    return R.train(tiny_bundle, seed=0)
-
 
 @pytest.mark.slow
 def test_train_then_predict(tiny_bundle, trained):
@@ -120,11 +100,15 @@ def test_seed_changes_he_init(tiny_bundle):
     assert abs(float(wa.detach().std()) - (2.0 / fan_out) ** 0.5) < 0.5 * (2.0 / fan_out) ** 0.5
 
 
-def test_faults(tmp_path, tiny_bundle, trained, synth_root):
+def test_faults(tmp_path, tiny_bundle, trained, synth_root, tiny_overrides):
     with pytest.raises(FileNotFoundError, match="no bundle at"):
         R.train(str(tmp_path / "nope"))
     other = create_bundle(
-        "synthetic", "baseline_dice_ce", out=str(tmp_path), data_root=synth_root, overrides=TINY
+        "synthetic",
+        "baseline_dice_ce",
+        out=str(tmp_path),
+        data_root=synth_root,
+        overrides=tiny_overrides,
     )
     foreign = os.path.join(trained, "checkpoints", "best.pt")
     with pytest.raises(ValueError, match="belongs to another bundle"):

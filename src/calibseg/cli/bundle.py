@@ -32,9 +32,12 @@ def create(
     existed = storage.exists(storage.join(out, name, "configs", "data.yaml"))
     path = create_bundle(data, loss, out=out, data_root=data_root)
     if existed:
-        console.print(f"bundle [bold]{path}[/] already exists; reusing it (nothing overwritten).")
+        console.print(
+            f"bundle [bold]{path}[/] already exists; reusing it (nothing overwritten).",
+            soft_wrap=True,
+        )
     else:
-        console.print(f"created bundle [bold]{path}[/]")
+        console.print(f"created bundle [bold]{path}[/]", soft_wrap=True)
 
 
 @app.command("list")
@@ -53,7 +56,9 @@ def list_(
 
     rows = list_bundles(root)
     if not rows:
-        console.print(f"no bundles under {root}; create one with `calibseg bundle create`.")
+        console.print(
+            f"no bundles under {root}; create one with `calibseg bundle create`.", soft_wrap=True
+        )
         return
     table = Table(title=f"bundles in {root}")
     for col in ("name", "data", "loss", "runs", "best Dice"):

@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
             run_name=run_name,
             rater=_rater(rater),
         )
-        console.print(f"trained: [bold]{run}[/] (logs in {run}/logs)")
+        console.print(f"trained: [bold]{run}[/] (logs in {run}/logs)", soft_wrap=True)
 
     @app.command("predict")
     def predict(
@@ -72,4 +72,4 @@ def register(app: typer.Typer) -> None:
             cases=split,
             float16=float16,
         )
-        console.print(f"predictions: [bold]{out}[/]")
+        console.print(f"predictions: [bold]{out}[/]", soft_wrap=True)
