@@ -119,10 +119,14 @@ def evaluate_case(
             f"case {case}: label values must be in [0, {num_classes - 1}], "
             f"got [{int(lab.min())}, {int(lab.max())}]."
         )
-    p = torch.from_numpy(np.moveaxis(prob.astype(np.float32, copy=False), -1, 0))  # [C, *sp]
+    prob = prob.astype(np.float32, copy=False)
+    # argmax over the contiguous channel-last axis, then one contiguous channel-first copy
+    pred = torch.from_numpy(np.argmax(prob, axis=-1))
+    p = torch.from_numpy(np.ascontiguousarray(np.moveaxis(prob, -1, 0)))  # [C, *sp]
+    del prob
     classes = torch.arange(num_classes).view(-1, *([1] * lab.ndim))
     y = (lab[None] == classes).to(torch.float32)  # one-hot [C, *sp]
-    seg = (p.argmax(0, keepdim=True) == classes).to(torch.float32)
+    seg = (pred[None] == classes).to(torch.float32)
     if regions is not None:
         to_regions, prob_to_regions, _ = _region_transforms(regions)
         y = torch.as_tensor(to_regions({"x": y})["x"])
