@@ -166,3 +166,27 @@ def test_cross_entropy_errors():
         CrossEntropyLoss(weight=[1.0, -2.0, 1.0])
     with pytest.raises(ValueError, match="label_smoothing"):
         CrossEntropyLoss(label_smoothing=2.0)
+
+
+@pytest.mark.parametrize("soft_labels", [False, True])
+def test_zero_ace_weight_equals_monai_baselines(soft_labels):
+    # the bundles' baselines: monai DiceCELoss / DiceLoss (softmax) and our CE, on the same targets
+    from monai.losses import DiceCELoss
+
+    logits, _, onehot = case(seed=4)
+    target = onehot
+    if soft_labels:  # e.g. the mean of three raters' one-hot labels
+        raters = [case(seed=s)[2] for s in (4, 5, 6)]
+        target = torch.stack(raters).mean(0)
+    baseline = DiceCELoss(softmax=True)(logits, target)
+    for cls in (HardL1ACEandDiceCELoss, SoftL1ACEandDiceCELoss):
+        got = cls(ace_weight=0.0)(logits, target)
+        assert got.item() == pytest.approx(baseline.item(), rel=1e-6)
+    dice = DiceLoss(softmax=True)(logits, target)
+    assert HardL1ACEandDiceLoss(ace_weight=0.0)(logits, target).item() == pytest.approx(
+        dice.item(), rel=1e-6
+    )
+    ce = CrossEntropyLoss()(logits, target)
+    assert SoftL1ACEandCELoss(ace_weight=0.0)(logits, target).item() == pytest.approx(
+        ce.item(), rel=1e-6
+    )
