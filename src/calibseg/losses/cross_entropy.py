@@ -9,7 +9,13 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from calibseg.losses._inputs import _HALF, check_finite, check_same_ndim, class_weight_tensor
+from calibseg.losses._inputs import (
+    _HALF,
+    check_finite,
+    check_same_ndim,
+    class_weight_tensor,
+    value_range,
+)
 
 __all__ = ["CrossEntropyLoss"]
 
@@ -104,12 +110,11 @@ class CrossEntropyLoss(_Loss):
             target_t: torch.Tensor = index.long()
         else:
             probs = target.to(input.dtype)
-            check_finite(probs, "target")
-            lo, hi = torch.aminmax(probs.detach())
-            if float(lo) < 0 or float(hi) > 1:
+            lo, hi = value_range(probs, "target")
+            if lo < 0 or hi > 1:
                 raise ValueError(
-                    f"soft targets must lie in [0, 1], got values in [{float(lo):.4g}, "
-                    f"{float(hi):.4g}]; give class indices as [B, 1, *spatial]."
+                    f"soft targets must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
+                    "give class indices as [B, 1, *spatial]."
                 )
             target_t = probs
         f = F.cross_entropy(
