@@ -168,7 +168,7 @@ def test_volume_crps_anisotropic_spacing():
 
 
 def test_surface_distances_anisotropic_against_monai_and_empty():
-    from monai.metrics import compute_hausdorff_distance
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
     gt = torch.zeros(1, 2, 8, 8, 8)
     gt[0, 1, 2:5, 2:5, 2:5] = 1
@@ -179,7 +179,20 @@ def test_surface_distances_anisotropic_against_monai_and_empty():
     assert out["hd95"][0, 1].item() == pytest.approx(2.5)
     ref = compute_hausdorff_distance(pred[None, 1:], gt[:, 1:], percentile=95, spacing=list(sp))
     assert out["hd95"][0, 1].item() == pytest.approx(ref.item())
+    ref = compute_average_surface_distance(
+        pred[None, 1:], gt[:, 1:], symmetric=True, spacing=list(sp)
+    )
+    assert out["assd"][0, 1].item() == pytest.approx(ref.item(), rel=1e-6)
     assert 0 < out["assd"][0, 1].item() < 2.5
+    # an irregular pair against MONAI, both metrics
+    g = torch.Generator().manual_seed(0)
+    a = (torch.rand(1, 1, 10, 9, 8, generator=g) > 0.6).float()
+    b = (torch.rand(1, 1, 10, 9, 8, generator=g) > 0.5).float()
+    res = mr.surface_distances(a[0], b, (0.7, 1.3, 2.0))
+    ref_hd = compute_hausdorff_distance(a, b, percentile=95, spacing=[0.7, 1.3, 2.0])
+    ref_asd = compute_average_surface_distance(a, b, symmetric=True, spacing=[0.7, 1.3, 2.0])
+    assert res["hd95"][0, 0].item() == pytest.approx(ref_hd.item(), rel=1e-5)
+    assert res["assd"][0, 0].item() == pytest.approx(ref_asd.item(), rel=1e-5)
     # class 0 empty in both → 0; one empty → the image diagonal in mm
     assert out["hd95"][0, 0].item() == 0.0 and out["assd"][0, 0].item() == 0.0
     empty_pred = torch.zeros(2, 8, 8, 8)

@@ -83,7 +83,7 @@ def combine_case(
 
     Returns ``{"case", "shape", "mean_entropy", "mean_epistemic"}``.
     """
-    acc = UncertaintyAccumulator(method)
+    acc = UncertaintyAccumulator(method, dtype=torch.float32)  # outputs are float32 anyway
     affine = None
     shape = None
     for name, path, w in zip(member_names, member_files, weights, strict=True):
