@@ -219,3 +219,29 @@ def test_remote_reads_go_through_cache_and_writes_are_atomic(tmp_path, s3_env, m
             f.write(b"partial")
         raise RuntimeError("crash while writing")
     assert not storage.exists(f"s3://{s3_env}/f/half.bin")
+
+
+def test_interrupted_pull_leaves_no_partial_file_and_retry_completes(tmp_path, s3_env, monkeypatch):
+    from botocore.exceptions import ResponseStreamingError
+
+    src = tmp_path / "src"
+    files = _tree(src)
+    url = f"s3://{s3_env}/p"
+    storage.push(src, url)
+    fs, _ = storage.filesystem(url)
+    real_get = fs.get_file
+
+    def broken(rpath, lpath, **kw):  # half the bytes arrive, then the stream breaks
+        with open(lpath, "wb") as f:
+            f.write(b"half")
+        raise ResponseStreamingError(error="connection reset")
+
+    monkeypatch.setattr(fs, "get_file", broken)
+    dst = tmp_path / "dst"
+    with pytest.raises(ConnectionError, match="interrupted"):
+        storage.pull(url, dst)
+    assert not [p for p in dst.rglob("*") if p.is_file()]  # no partial file under any name
+    monkeypatch.setattr(fs, "get_file", real_get)
+    r = storage.pull(url, dst)
+    assert sorted(r.copied) == sorted(files)
+    assert all((dst / rel).read_bytes() == data for rel, data in files.items())
