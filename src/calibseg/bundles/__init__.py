@@ -28,6 +28,7 @@ __all__ = [
     "list_bundles",
     "load_bundle",
     "bundle_hash",
+    "bundle_name",
     "render_bundle",
     "require_bundle",
     "read_splits",
@@ -160,6 +161,13 @@ def _hash_files(files: dict[str, bytes]) -> str:
     for rel in BUNDLE_FILES:
         h.update(rel.encode() + b"\0" + files[rel] + b"\0")
     return h.hexdigest()
+
+
+def bundle_name(
+    data: str, loss: str, data_root: str | None = None, overrides: dict[str, Any] | None = None
+) -> str:
+    """The folder name ``<data>_<loss>_<hash8>`` that :func:`create_bundle` would use."""
+    return f"{data}_{loss}_{_hash_files(render_bundle(data, loss, data_root, overrides))[:8]}"
 
 
 def bundle_hash(bundle: str) -> str:

@@ -5,7 +5,8 @@ everything else (data, split, network, schedule, seed) is identical. Metrics com
 ``calibseg.evaluate.evaluate_run`` on the test split: per case, Dice and ECE / ACE / MCE are
 averaged over the foreground classes; the table shows their mean over test cases (macro).
 With several seeds the table shows mean ± std over seeds, and a two-sided Wilcoxon
-signed-rank test pairs each ACE loss with the baseline over (seed, case) pairs of per-case ACE.
+signed-rank test (scipy.stats.wilcoxon) pairs each ACE loss with the baseline over the test
+cases, on per-case ACE averaged over the seeds (cases are the independent units).
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ METRICS: tuple[str, ...] = ("dice", "ece", "ace", "mce")
 class DemoSettings:
     """Sizes of the demo: synthetic data, network width, epochs, seeds."""
 
-    n_cases: int = 20
+    n_cases: int = 24
     shape: tuple[int, int, int] = (48, 48, 32)
     roi_size: tuple[int, int, int] = (32, 32, 32)
     init_filters: int = 8
+    blocks_down: tuple[int, ...] = (1, 1, 1, 1)
+    split_fractions: tuple[float, float, float] = (0.5, 0.125, 0.375)
     max_epochs: int = 30
     learning_rate: float = 2.0e-3
     val_interval: int = 5
@@ -45,6 +48,8 @@ class DemoSettings:
         return {
             "common#roi_size": list(self.roi_size),
             "common#network_def#init_filters": self.init_filters,
+            "common#network_def#blocks_down": list(self.blocks_down),
+            "data#split_fractions": list(self.split_fractions),
             "train#max_epochs": self.max_epochs,
             "train#learning_rate": self.learning_rate,
             "train#val_interval": self.val_interval,
@@ -68,15 +73,49 @@ def case_metrics(eval_dir: str) -> Any:
     return fg.groupby(["case", "metric"])["value"].mean().unstack("metric")[list(METRICS)]
 
 
+def summarise(per_case: dict[str, Any]) -> tuple[dict, dict]:
+    """Table and paired tests from per-case metrics.
+
+    ``per_case[loss]``: DataFrame indexed by (seed, case) with columns dice/ece/ace/mce; the
+    first loss is the baseline. Returns ``table[loss][metric] = (mean, std)`` over seeds of
+    the per-seed mean over cases (std 0 for one seed), and ``tests[loss]`` = two-sided
+    Wilcoxon signed-rank p-value of per-case ACE (mean over seeds) against the baseline's,
+    paired by case (None with one seed or fewer than 2 differing pairs).
+    """
+    import numpy as np
+    from scipy.stats import wilcoxon
+
+    table: dict[str, dict[str, tuple[float, float]]] = {}
+    for loss, df in per_case.items():
+        by_seed = df.groupby(level="seed").mean()
+        table[loss] = {
+            m: (float(by_seed[m].mean()), float(by_seed[m].std(ddof=0))) for m in METRICS
+        }
+    losses = list(per_case)
+    n_seeds = per_case[losses[0]].index.get_level_values("seed").nunique() if losses else 0
+    tests: dict[str, float | None] = {}
+    for loss in losses[1:]:
+        tests[loss] = None
+        if n_seeds < 2:
+            continue
+        a = per_case[losses[0]]["ace"].groupby(level="case").mean()
+        a, b = a.align(per_case[loss]["ace"].groupby(level="case").mean(), join="inner")
+        a, b = a.to_numpy(), b.to_numpy()
+        ok = np.isfinite(a) & np.isfinite(b)
+        if ok.sum() >= 2 and np.any(a[ok] != b[ok]):
+            tests[loss] = float(wilcoxon(a[ok], b[ok]).pvalue)
+    return table, tests
+
+
 def run_demo(out: str = "demo_out", settings: DemoSettings | None = None) -> dict[str, Any]:
     """Run the demo under ``out``; return {"table", "per_case", "tests", "figures", "seconds"}.
 
     ``table[loss][metric]`` = (mean, std) over seeds of the macro (mean over test cases)
     value; ``per_case[loss]`` = DataFrame of per-case values indexed by (seed, case);
-    ``tests[loss]`` = Wilcoxon p-value of per-case ACE against the baseline (None when
-    fewer than 2 seeds... or pairs); ``figures`` = dataset reliability diagram paths.
+    ``tests[loss]`` = two-sided Wilcoxon p-value of per-case ACE (mean over seeds) against the
+    baseline's, over test cases (None with one seed or fewer than 2 differing pairs);
+    ``figures`` = dataset reliability diagram paths.
     """
-    import numpy as np
     import pandas as pd
 
     from calibseg.bundles import create_bundle
@@ -102,10 +141,10 @@ def run_demo(out: str = "demo_out", settings: DemoSettings | None = None) -> dic
         frames = []
         for seed in s.seeds:
             run_name = f"seed_{seed}"
-            train(bundle, seed=seed)
-            predict(bundle, seed=seed, checkpoint="best")
+            train(bundle, seed=seed)  # resumes / returns at once when already trained
             eval_dir = storage.join(bundle, run_name, "evaluation")
             if not storage.exists(storage.join(eval_dir, "cases.csv")):
+                predict(bundle, seed=seed, checkpoint="best")
                 evaluate_run(bundle, run_name=run_name, progress=False)
             frames.append(case_metrics(eval_dir).assign(seed=seed))
             figures.setdefault(loss, []).append(
@@ -113,24 +152,7 @@ def run_demo(out: str = "demo_out", settings: DemoSettings | None = None) -> dic
             )
         per_case[loss] = pd.concat(frames).reset_index().set_index(["seed", "case"])
 
-    table: dict[str, dict[str, tuple[float, float]]] = {}
-    for loss, df in per_case.items():
-        by_seed = df.groupby(level="seed").mean()
-        table[loss] = {
-            m: (float(by_seed[m].mean()), float(by_seed[m].std(ddof=0))) for m in METRICS
-        }
-    tests: dict[str, float | None] = {}
-    base = per_case.get(s.losses[0])
-    for loss in s.losses[1:]:
-        tests[loss] = None
-        if base is None or len(s.seeds) < 2:
-            continue
-        from scipy.stats import wilcoxon
-
-        a, b = base["ace"].align(per_case[loss]["ace"], join="inner")
-        ok = np.isfinite(a.to_numpy()) & np.isfinite(b.to_numpy())
-        if ok.sum() >= 2 and np.any(a.to_numpy()[ok] != b.to_numpy()[ok]):
-            tests[loss] = float(wilcoxon(a.to_numpy()[ok], b.to_numpy()[ok]).pvalue)
+    table, tests = summarise(per_case)
     return {
         "table": table,
         "per_case": per_case,
