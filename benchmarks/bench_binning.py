@@ -128,23 +128,32 @@ def bench_cold(threads: int) -> None:
 
 
 _MEM = """
-import resource, torch
+import torch
 torch.set_num_threads({threads})
 import calibseg.binning as B
+
+
+def rss(field):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field))
+
+
 dtype = getattr(torch, "{dtype}")
 B.compute_bin_stats(torch.rand(1, 1, 8), torch.ones(1, 1, 8))  # load kernels
 p = torch.empty({shape}).uniform_().to(dtype)
 y = torch.empty({shape}, dtype=torch.uint8).random_(0, 2)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 fn = B.{fn}
+fn(p[:, :1], y[:, :1])  # warm allocator caches
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+base = rss("VmRSS:")
 fn(p, y)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - base) * 1024, p.numel() * p.element_size())
+print(rss("VmHWM:") - base, p.numel() * p.element_size())
 """
 
 
 def bench_memory(shape, threads: int) -> None:
-    print(f"\npeak extra memory on {list(shape)} (fresh process, ru_maxrss), uint8 targets")
+    print(f"\npeak extra memory on {list(shape)} (fresh process, VmHWM - VmRSS), uint8 targets")
     for dtype in ("float32", "float16"):
         for fn in ("compute_bin_stats", "_compute_bin_stats_torch"):
             code = _MEM.format(threads=threads, shape=tuple(shape), dtype=dtype, fn=fn)

@@ -381,6 +381,7 @@ def _kernel_bin_stats(
             )
         bad_p += int(bp)
         bad_y += int(by)
+        del pc, yc  # release this chunk before the next one is made
     shape = (b, c, num_bins)
     stats = BinStats(w.view(shape), sp.view(shape), sy.to(torch.float64).view(shape))
     return stats, bad_p, bad_y

@@ -1,5 +1,6 @@
 """Binning kernel: hand-computed cases, MONAI equality, soft binning, additivity, validation."""
 
+import os
 import threading
 
 import pytest
@@ -275,3 +276,35 @@ def test_cuda_style_fallback_env(monkeypatch) -> None:
     slow = compute_bin_stats(p, y, 9, right=True)
     assert torch.equal(fast.weight, slow.weight)
     torch.testing.assert_close(fast.sum_p, slow.sum_p)
+
+
+def _peak_extra_bytes(fn) -> int:
+    """Peak resident memory above the current one while ``fn`` runs (Linux /proc)."""
+
+    def rss(field: str) -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = rss("VmRSS:")
+    fn()
+    return rss("VmHWM:") - base
+
+
+@pytest.mark.skipif(
+    not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc peak-RSS reset"
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_bounded_extra_memory(dtype) -> None:
+    p = torch.empty(1, 4, 80, 80, 80).uniform_().to(dtype)
+    y = torch.empty(p.shape, dtype=torch.uint8).random_(0, 2)
+    compute_bin_stats(p[:, :1, :8], y[:, :1, :8], chunk_size=1 << 15)  # load kernels
+    size = p.numel() * p.element_size()
+    extra = _peak_extra_bytes(lambda: compute_bin_stats(p, y, chunk_size=1 << 15))
+    # float32 is read in place; float16 is converted 32,768 values (128 KiB) at a time
+    assert extra <= 0.1 * size, (
+        f"extra peak {extra / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB input"
+    )
+    # the torch path, by contrast, makes chunk-size int64 temporaries (a check that can fail)
+    assert _peak_extra_bytes(lambda: B._compute_bin_stats_torch(p, y)) > 0.1 * size
