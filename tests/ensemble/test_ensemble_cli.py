@@ -190,3 +190,14 @@ def test_three_raters_two_seeds_end_to_end(tmp_path):
         ],
     )
     assert r.exit_code == 0, r.output
+
+
+def test_user_errors_are_one_line(monkeypatch, capsys, tmp_path):
+    from calibseg.cli.common import run_app
+
+    monkeypatch.setattr(
+        "sys.argv", ["calibseg", "ensemble", "combine", "--members", str(tmp_path), "--out", "x"]
+    )
+    assert run_app(app) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "no predictions in" in err and "Traceback" not in err
