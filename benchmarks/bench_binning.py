@@ -68,7 +68,7 @@ def bench_stats(shapes, repeats: int) -> None:
         if not torch.equal(ours.weight, m_counts.long()):
             raise SystemExit(f"counts differ from MONAI for {shape}")
         t = {
-            "numba": _min_time(lambda p=p, y=y: B.compute_bin_stats(p, y), repeats),
+            "numba": _min_time(lambda p=p, y=y: B.compute_bin_stats(p, y), 3 * repeats),
             "torch": _min_time(lambda p=p, y=y: B._compute_bin_stats_torch(p, y), repeats),
             "loop": _min_time(lambda p=p, y=y: loop_reference(p, y), max(3, repeats // 2)),
             "monai": _min_time(lambda p=p, y=y: calibration_binning(p, y), max(3, repeats // 2)),
@@ -95,7 +95,7 @@ def bench_sums(shape, repeats: int) -> None:
             w, sp, sg = fn(p, y, 20, False, soft)
             (sp.sum() + sg.sum() + (w.sum() if soft else 0)).backward()
 
-        ours = _min_time(lambda step=step: step(B.binned_sums), repeats)
+        ours = _min_time(lambda step=step: step(B.binned_sums), 2 * repeats)
         ref = _min_time(lambda step=step: step(B._binned_sums_reference), max(3, repeats // 2))
         mode = "soft" if soft else "hard"
         print(f"{mode:<8}{ours * 1e3:>9.1f}{ref * 1e3:>11.1f}{ref / ours:>8.1f}")
@@ -142,7 +142,7 @@ dtype = getattr(torch, "{dtype}")
 B.compute_bin_stats(torch.rand(1, 1, 8), torch.ones(1, 1, 8))  # load kernels
 p = torch.empty({shape}).uniform_().to(dtype)
 y = torch.empty({shape}, dtype=torch.uint8).random_(0, 2)
-fn = B.{fn}
+fn = {fn}
 fn(p[:, :1], y[:, :1])  # warm allocator caches
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
@@ -155,16 +155,38 @@ print(rss("VmHWM:") - base, p.numel() * p.element_size())
 def bench_memory(shape, threads: int) -> None:
     print(f"\npeak extra memory on {list(shape)} (fresh process, VmHWM - VmRSS), uint8 targets")
     for dtype in ("float32", "float16"):
-        for fn in ("compute_bin_stats", "_compute_bin_stats_torch"):
+        for fn in ("B.compute_bin_stats", "B._compute_bin_stats_torch"):
             code = _MEM.format(threads=threads, shape=tuple(shape), dtype=dtype, fn=fn)
             res = subprocess.run(
                 [sys.executable, "-c", code], capture_output=True, text=True, check=True
             )
             extra, size = (int(v) for v in res.stdout.split())
-            name = "numba" if fn == "compute_bin_stats" else "torch"
+            name = "numba" if fn == "B.compute_bin_stats" else "torch"
             print(
                 f"  {dtype:<8} {name:<6} extra {extra / 2**20:8.1f} MiB = "
                 f"{extra / size:.3f} x the probability tensor ({size / 2**20:.0f} MiB)"
+            )
+
+
+_STEP = (
+    "lambda p, y: (lambda o: (o[0].sum() + o[1].sum() + o[2].sum()).backward())"
+    "(B.{fn}(p.float().requires_grad_(), y, 20, False, {soft}))"
+)
+
+
+def bench_sums_memory(shape, threads: int) -> None:
+    print(f"\nbinned_sums forward+backward peak extra memory on {list(shape)} (float32, uint8 y)")
+    for fn in ("binned_sums", "_binned_sums_reference"):
+        for soft in (False, True):
+            step = _STEP.format(fn=fn, soft=soft)
+            code = _MEM.format(threads=threads, shape=tuple(shape), dtype="float32", fn=step)
+            res = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            )
+            extra, size = (int(v) for v in res.stdout.split())
+            print(
+                f"  {fn:<24}{'soft' if soft else 'hard':<6}{extra / 2**20:8.1f} MiB ="
+                f" {extra / size:.2f} x the probability tensor"
             )
 
 
@@ -188,6 +210,7 @@ def main() -> None:
     bench_sums(sums_shape, args.repeats)
     bench_cold(args.threads)
     bench_memory(mem_shape, args.threads)
+    bench_sums_memory(sums_shape, args.threads)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ DEFAULT_EMPTY_WEIGHT = 0.01
 _EPS32 = float(torch.finfo(torch.float32).eps)
 # values (over all images and classes) converted/copied at once when inputs need a
 # dtype conversion or are not contiguous; bounds the extra memory
-DEFAULT_CHUNK = 1 << 21
+DEFAULT_CHUNK = 1 << 20
 # the kernels' bucketize guess is within one bin of the truth far beyond this
 _MAX_KERNEL_BINS = 1 << 16
 _KERNEL_P = (torch.float32, torch.float64)
@@ -515,12 +515,10 @@ def binned_sums(
     _check_num_bins(num_bins)
     validate_pair(y_pred, y, check_range=False)
     kern = _use_kernels(y_pred, y, num_bins)
-    if kern is None:
+    if kern is None or y_pred.numel() == 0:
         return _binned_sums_reference(y_pred, y, num_bins, right, soft)
     p = y_pred if y_pred.dtype in _KERNEL_P else y_pred.float()
     g = _kernel_target(y, p.dtype)
-    if g.dtype == torch.uint8 and soft:
-        g = g.to(p.dtype)
     return _BinnedSums.apply(p.contiguous(), g.contiguous(), num_bins, bool(right), bool(soft))
 
 
@@ -608,7 +606,7 @@ def compute_bin_stats(
     _check_num_bins(num_bins)
     validate_pair(y_pred, y, check_range=False)
     kern = _use_kernels(y_pred, y, num_bins)
-    if kern is None:
+    if kern is None or y_pred.numel() == 0:
         return _compute_bin_stats_torch(y_pred, y, num_bins, right, soft, chunk_size, validate)
     if not y_pred.is_floating_point():
         raise ValueError(f"y_pred must be a floating-point tensor, got {y_pred.dtype}.")
