@@ -21,6 +21,8 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from calibseg import storage
@@ -77,18 +79,31 @@ def load_checkpoint(path: str, bundle: str | None = None) -> dict:
     return ckpt
 
 
-def _setup_logging(bundle: str, log_dir: str) -> None:
+@contextmanager
+def _bundle_logging(bundle: str, log_dir: str) -> Iterator[None]:
+    """Configure logging from the bundle's logging.conf (file: ``<log_dir>/train.log``) for
+    the duration of the block; the previous root handlers and level are restored after."""
     os.makedirs(log_dir, exist_ok=True)
-    conf = storage.join(bundle, "logging.conf")
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
     with tempfile.TemporaryDirectory() as tmp:
         p = os.path.join(tmp, "logging.conf")
         with open(p, "wb") as f:
-            f.write(storage.read_bytes(conf))
+            f.write(storage.read_bytes(storage.join(bundle, "logging.conf")))
         logging.config.fileConfig(
             p,
             defaults={"logfile": os.path.join(log_dir, "train.log").replace("\\", "/")},
             disable_existing_loggers=False,
         )
+    try:
+        yield
+    finally:
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+            h.close()
+        for h in saved_handlers:
+            root.addHandler(h)
+        root.setLevel(saved_level)
 
 
 def _rng_state() -> dict:
@@ -221,14 +236,6 @@ def train(
     ``logs/train.log``, ``logs/tensorboard/``, ``resolved_config.json`` and
     ``training_summary.json`` (history, best Dice and epoch).
     """
-    import numpy as np
-    import torch
-    from monai.data import DataLoader, list_data_collate
-    from monai.utils import set_determinism
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from calibseg.data import get_dataset
-
     require_bundle(bundle)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}.")
@@ -241,9 +248,30 @@ def train(
     run = run_dir(bundle, seed, run_name)
     if storage.is_remote(run):
         raise ValueError(f"training writes a local run folder; got the URL {run}.")
+    with _bundle_logging(bundle, os.path.join(run, "logs")):
+        return _train(bundle, parser, run, seed, rater, debug, he_init, device)
+
+
+def _train(
+    bundle: str,
+    parser: Any,
+    run: str,
+    seed: int,
+    rater: Any,
+    debug: bool,
+    he_init: bool,
+    device: str | None,
+) -> str:
+    import numpy as np
+    import torch
+    from monai.data import DataLoader, list_data_collate
+    from monai.utils import set_determinism
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from calibseg.data import get_dataset
+
     ckpt_dir, log_dir = os.path.join(run, "checkpoints"), os.path.join(run, "logs")
     os.makedirs(ckpt_dir, exist_ok=True)
-    _setup_logging(bundle, log_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     h = bundle_hash(bundle)
 
@@ -254,6 +282,9 @@ def train(
             f"{last_path} was trained with seed {state['seed']} / rater {state.get('rater')!r}, "
             f"not seed {seed} / rater {rater!r}; use another --run-name."
         )
+    if state is not None and (state["stopped"] or state["epoch"] >= int(parser.get("max_epochs"))):
+        logger.info("%s already trained (%d epochs)", run, state["epoch"])
+        return run
 
     cfg = parser.get
     max_ep = int(cfg("max_epochs"))
@@ -319,13 +350,10 @@ def train(
         start_epoch, best = int(state["epoch"]), state["best"]
         bad_vals, history, stopped = state["bad_vals"], state["history"], state["stopped"]
         logger.info("resuming %s from epoch %d", run, start_epoch)
-    if stopped or start_epoch >= max_ep:
-        logger.info("%s already trained (%d epochs)", run, start_epoch)
-        return run
 
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(os.path.join(log_dir, "tensorboard"), purge_step=start_epoch * steps)
+    writer = SummaryWriter(os.path.join(log_dir, "tensorboard"), purge_step=start_epoch + 1)
     logger.info(
         "training %s: %d train / %d val cases, %d epochs, device %s",
         run,
