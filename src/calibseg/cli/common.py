@@ -55,5 +55,3 @@ def run_app(app: typer.Typer) -> int:
         err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
         return 1
     return 0
-
-
