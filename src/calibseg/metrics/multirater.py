@@ -317,7 +317,9 @@ def surface_distances(
     asd = hd.clone()
     # distance transforms are per mask: one MONAI call per non-empty (rater, class) pair
     for ki, ci in (~pe & ~ge).nonzero().tolist():
-        _, dist, _ = get_edge_surface_distance(p[ci], g[ki, ci], spacing=sp, symmetric=True)
+        with warnings.catch_warnings():  # MONAI's deprecation notice inside get_mask_edges
+            warnings.simplefilter("ignore", FutureWarning)
+            _, dist, _ = get_edge_surface_distance(p[ci], g[ki, ci], spacing=sp, symmetric=True)
         hd[ki, ci] = max(float(torch.quantile(d.double(), 0.95)) for d in dist)
         asd[ki, ci] = float(torch.cat(dist).double().mean())
     return {"hd95": hd, "assd": asd}
