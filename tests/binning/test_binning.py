@@ -1,5 +1,6 @@
 """Binning kernel: hand-computed cases, MONAI equality, soft binning, additivity, validation."""
 
+import ctypes
 import os
 import threading
 
@@ -285,6 +286,10 @@ def _peak_extra_bytes(fn) -> int:
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
 
+    try:  # return freed heap pages to the OS so that reusing them counts as new memory
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     base = rss("VmRSS:")
@@ -297,14 +302,26 @@ def _peak_extra_bytes(fn) -> int:
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_bounded_extra_memory(dtype) -> None:
-    p = torch.empty(1, 4, 80, 80, 80).uniform_().to(dtype)
+    p = torch.empty(1, 4, 96, 96, 96).uniform_().to(dtype)
     y = torch.empty(p.shape, dtype=torch.uint8).random_(0, 2)
     compute_bin_stats(p[:, :1, :8], y[:, :1, :8], chunk_size=1 << 15)  # load kernels
     size = p.numel() * p.element_size()
     extra = _peak_extra_bytes(lambda: compute_bin_stats(p, y, chunk_size=1 << 15))
     # float32 is read in place; float16 is converted 32,768 values (128 KiB) at a time
-    assert extra <= 0.1 * size, (
+    assert extra <= 0.25 * size, (
         f"extra peak {extra / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB input"
     )
     # the torch path, by contrast, makes chunk-size int64 temporaries (a check that can fail)
-    assert _peak_extra_bytes(lambda: B._compute_bin_stats_torch(p, y)) > 0.1 * size
+    assert _peak_extra_bytes(lambda: B._compute_bin_stats_torch(p, y)) > 0.25 * size
+
+
+@pytest.mark.parametrize("num_bins", [999, 4096, 65536])
+@pytest.mark.parametrize("right", [False, True])
+def test_many_bins_match_bucketize(num_bins: int, right: bool) -> None:
+    """The kernel's guess-and-correct bucketize equals torch.bucketize for fine binnings."""
+    e = bin_edges(num_bins)
+    near = torch.cat([e, torch.nextafter(e, torch.ones_like(e)), torch.nextafter(e, -e - 1)])
+    p = torch.cat([near.clamp(0, 1), torch.rand(5000)]).view(1, 1, -1)
+    fast = compute_bin_stats(p, torch.zeros_like(p), num_bins, right)
+    slow = B._compute_bin_stats_torch(p, torch.zeros_like(p), num_bins, right)
+    assert torch.equal(fast.weight, slow.weight)
