@@ -91,6 +91,8 @@ def validate_pair(
                 raise ValueError(f"y_pred must be a floating-point tensor, got {t.dtype}.")
             continue
         tf = t.detach()
+        if tf.numel() == 0:
+            continue
         if not bool(torch.isfinite(tf).all()):
             raise ValueError(f"{name} contains NaN or Inf values.")
         lo, hi = torch.aminmax(tf)
@@ -474,10 +476,10 @@ def _binned_sums_reference(
     """Plain-autograd torch implementation of :func:`binned_sums` (CUDA path and reference)."""
     _check_num_bins(num_bins)
     b, c = y_pred.shape[:2]
-    p = y_pred.reshape(b, c, -1)
+    p = y_pred.flatten(2)
     if p.dtype in (torch.float16, torch.bfloat16):
         p = p.float()
-    g = y.reshape(b, c, -1).to(p.dtype)
+    g = y.flatten(2).to(p.dtype)
     base = (torch.arange(b * c, device=p.device) * num_bins).view(b, c, 1)
     out = torch.zeros(3, b * c * num_bins, dtype=p.dtype, device=p.device)
     if not soft:
@@ -558,8 +560,8 @@ def _compute_bin_stats_torch(
     if validate:
         validate_pair(y_pred, y)
     b, c = y_pred.shape[:2]
-    p = y_pred.reshape(b, c, -1)
-    g = y.reshape(b, c, -1)
+    p = y_pred.flatten(2)
+    g = y.flatten(2)
     n = p.shape[-1]
     cols = max(1, chunk_size // max(b * c, 1))
     acc = BinStats.zeros(b, c, num_bins, soft=soft, device=y_pred.device)

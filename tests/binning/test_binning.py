@@ -325,3 +325,10 @@ def test_many_bins_match_bucketize(num_bins: int, right: bool) -> None:
     fast = compute_bin_stats(p, torch.zeros_like(p), num_bins, right)
     slow = B._compute_bin_stats_torch(p, torch.zeros_like(p), num_bins, right)
     assert torch.equal(fast.weight, slow.weight)
+
+
+def test_empty_input_gives_empty_stats(stats_fn) -> None:
+    s = stats_fn(torch.rand(0, 2, 5), torch.rand(0, 2, 5), 4)
+    assert s.shape == (0, 2, 4)
+    s = stats_fn(torch.rand(1, 2, 0), torch.rand(1, 2, 0), 4)
+    assert s.weight.tolist() == [[[0] * 4] * 2]
