@@ -36,9 +36,9 @@ class DemoSettings:
     init_filters: int = 8
     blocks_down: tuple[int, ...] = (1, 1, 1, 1)
     split_fractions: tuple[float, float, float] = (0.5, 0.125, 0.375)
-    max_epochs: int = 30
+    max_epochs: int = 24
     learning_rate: float = 2.0e-3
-    val_interval: int = 5
+    val_interval: int = 4
     seeds: tuple[int, ...] = (0,)
     data_seed: int = 0
     losses: tuple[str, ...] = DEMO_LOSSES
