@@ -57,6 +57,9 @@ def test_demo_tiny(tmp_path, monkeypatch, tiny_overrides):
     assert res2.exit_code == 0
     table = [ln for ln in res.output.splitlines() if "dice_ce" in ln]
     assert table == [ln for ln in res2.output.splitlines() if "dice_ce" in ln]
+    # other sizes in the same folder: refused, nothing mixed
+    res3 = CliRunner().invoke(app, [*args[:-1], "7"])
+    assert res3.exit_code != 0 and "other synthetic data" in str(res3.exception)
 
 
 def test_summarise_mean_std_and_wilcoxon():

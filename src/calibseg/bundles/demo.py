@@ -126,8 +126,16 @@ def run_demo(out: str = "demo_out", settings: DemoSettings | None = None) -> dic
     s = settings or DemoSettings()
     t0 = time.perf_counter()
     data_dir = storage.join(out, "data")
-    if not storage.exists(storage.join(data_dir, "dataset.json")):
+    meta_path = storage.join(data_dir, "dataset.json")
+    if not storage.exists(meta_path):
         generate(data_dir, n_cases=s.n_cases, shape=s.shape, seed=s.data_seed)
+    meta = storage.read_json(meta_path)
+    have = (meta.get("numTraining"), tuple(meta.get("shape", ())), meta.get("seed"))
+    if have != (s.n_cases, tuple(s.shape), s.data_seed):
+        raise ValueError(
+            f"{data_dir} holds other synthetic data ({have[0]} cases of {have[1]}, seed {have[2]}); "
+            "use another --out."
+        )
     per_case: dict[str, Any] = {}
     figures: dict[str, list[str]] = {}
     for loss in s.losses:
