@@ -34,6 +34,8 @@ def test_name_is_content_hash_and_stable(tmp_path, synth_root):
     assert name[-8:] == _independent_hash(p1)[:8] == bundle_hash(p1)[:8]
     for rel in BUNDLE_FILES:
         assert os.path.isfile(os.path.join(p1, rel)), rel
+    os.mkdir(tmp_path / "plain")
+    assert os.stat(p1).st_mode == os.stat(tmp_path / "plain").st_mode  # not mkdtemp's 0700
     # same inputs → same folder; the existing one is reused, not rewritten
     marker = os.path.join(p1, "configs", "train.yaml")
     before = os.stat(marker).st_mtime_ns

@@ -18,7 +18,9 @@ def test_train_then_predict(tiny_bundle, trained):
     assert run == os.path.join(tiny_bundle, "seed_0")
     for f in ("last.pt", "best.pt", "final.pt"):
         assert os.path.isfile(os.path.join(run, "checkpoints", f)), f
-    assert os.path.isfile(os.path.join(run, "logs", "train.log"))
+    with open(os.path.join(run, "logs", "train.log")) as f:
+        log = f.read()
+    assert log.count(' - INFO - epoch {"epoch": ') == 2
     assert any(n.startswith("events") for n in os.listdir(os.path.join(run, "logs", "tensorboard")))
     summary = json.load(open(os.path.join(run, "training_summary.json")))
     assert summary["epochs"] == 2 and len(summary["history"]) == 2

@@ -236,6 +236,9 @@ def create_bundle(
     else:
         os.makedirs(out, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{name}.", dir=out)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle is an ordinary folder
         try:
             for rel, content in files.items():
                 os.makedirs(os.path.join(tmp, os.path.dirname(rel)), exist_ok=True)

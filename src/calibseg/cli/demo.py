@@ -22,13 +22,10 @@ def register(app: typer.Typer) -> None:
 
         Example: calibseg demo --out demo_out
         """
-        import logging
-
         from rich.table import Table
 
         from calibseg.bundles.demo import DemoSettings, run_demo
 
-        logging.getLogger("calibseg").setLevel(logging.WARNING)
         settings = DemoSettings(seeds=(0, 1, 2) if full else (0,))
         if epochs is not None:
             settings.max_epochs = epochs
