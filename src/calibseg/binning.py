@@ -252,12 +252,27 @@ def _soft_weights(p: torch.Tensor, num_bins: int) -> tuple[torch.Tensor, torch.T
 # ----------------------------------------------------------------------------- numba glue
 
 _KERNELS: ModuleType | None = None
+# numba's OpenMP thread pool does not survive fork(): a child forked after the first kernel
+# call (e.g. a DataLoader worker or a forked pool) would hang in its first parallel region,
+# so such a child uses the torch path.
+_FORKED_CHILD = False
+
+
+def _after_fork_in_child() -> None:
+    global _FORKED_CHILD
+    if _KERNELS is not None:
+        _FORKED_CHILD = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _kernels() -> ModuleType | None:
-    """The numba kernel module, imported on first use; None if numba is disabled/unavailable."""
+    """The numba kernel module, imported on first use; None if numba is disabled/unavailable
+    or in a process forked after the kernels started their threads."""
     global _KERNELS
-    if os.environ.get("CALIBSEG_NO_NUMBA", "") not in ("", "0"):
+    if os.environ.get("CALIBSEG_NO_NUMBA", "") not in ("", "0") or _FORKED_CHILD:
         return None
     if _KERNELS is None:
         try:
