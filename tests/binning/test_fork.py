@@ -11,7 +11,7 @@ from calibseg.binning import compute_bin_stats
 
 def _child(q) -> None:
     torch.set_num_threads(1)  # as DataLoader workers do
-    p = torch.full((1, 2, 40_000), 0.3)
+    p = torch.full((1, 2, 40_000), 0.35)
     y = torch.ones_like(p)
     q.put(int(compute_bin_stats(p, y, num_bins=10).weight[0, 0, 3]))
 
