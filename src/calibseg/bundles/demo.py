@@ -36,7 +36,7 @@ class DemoSettings:
     init_filters: int = 8
     blocks_down: tuple[int, ...] = (1, 1, 1, 1)
     split_fractions: tuple[float, float, float] = (0.5, 0.125, 0.375)
-    max_epochs: int = 24
+    max_epochs: int = 48
     learning_rate: float = 2.0e-3
     val_interval: int = 4
     seeds: tuple[int, ...] = (0,)
@@ -118,7 +118,7 @@ def run_demo(out: str = "demo_out", settings: DemoSettings | None = None) -> dic
     """
     import pandas as pd
 
-    from calibseg.bundles import create_bundle
+    from calibseg.bundles import create_bundle, load_bundle
     from calibseg.bundles.runner import predict, train
     from calibseg.data.synthetic import generate
     from calibseg.evaluate import evaluate_run
@@ -152,8 +152,16 @@ def run_demo(out: str = "demo_out", settings: DemoSettings | None = None) -> dic
             train(bundle, seed=seed)  # resumes / returns at once when already trained
             eval_dir = storage.join(bundle, run_name, "evaluation")
             if not storage.exists(storage.join(eval_dir, "cases.csv")):
-                predict(bundle, seed=seed, checkpoint="best")
-                evaluate_run(bundle, run_name=run_name, progress=False)
+                predict(bundle, seed=seed, checkpoint=load_bundle(bundle).get("pred_checkpoint"))
+                cfg = load_bundle(bundle).get  # configs/inference_eval.yaml
+                evaluate_run(
+                    bundle,
+                    run_name=run_name,
+                    regions=bool(cfg("eval_regions", False)),
+                    num_bins=int(cfg("eval_num_bins", 20)),
+                    case_figures=bool(cfg("eval_case_figures", False)),
+                    progress=False,
+                )
             frames.append(case_metrics(eval_dir).assign(seed=seed))
             figures.setdefault(loss, []).append(
                 storage.join(eval_dir, "dataset_reliability_diagram.png")

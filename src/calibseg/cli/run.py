@@ -49,21 +49,30 @@ def register(app: typer.Typer) -> None:
     def predict(
         bundle: str = typer.Argument(..., help="Bundle folder."),
         seed: int = typer.Option(0, "--seed", help="Run seed (run folder seed_<seed>)."),
-        checkpoint: str = typer.Option("best", "--checkpoint", help="best, final, last or a path."),
-        float16: bool = typer.Option(False, "--float16", help="Store probabilities in 16 bits."),
+        checkpoint: str = typer.Option(
+            None, "--checkpoint", help="best, final, last or a path (default: pred_checkpoint)."
+        ),
+        float16: bool = typer.Option(
+            None, "--float16/--float32", help="16-bit probabilities (default: pred_float16)."
+        ),
         run_name: str = typer.Option(
             None, "--run-name", help="Run folder name (default seed_<seed>)."
         ),
-        split: str = typer.Option("test", "--split", help="training, validation or test."),
+        split: str = typer.Option(
+            None, "--split", help="training, validation or test (default: pred_split)."
+        ),
     ) -> None:
         """Predict a split with a trained run: <case>_prob.nii.gz ([x,y,z,C]) and <case>_seg.nii.gz.
 
         Example: calibseg predict bundles/synthetic_softl1ace_dice_ce_1a2b3c4d --seed 0 --checkpoint best
         """
-        from calibseg.bundles import require_bundle
+        from calibseg.bundles import load_bundle
         from calibseg.bundles.runner import predict as run_predict
 
-        require_bundle(bundle)
+        cfg = load_bundle(bundle).get  # configs/inference_pred.yaml gives the defaults
+        checkpoint = checkpoint or cfg("pred_checkpoint", "best")
+        float16 = bool(cfg("pred_float16", False)) if float16 is None else float16
+        split = split or cfg("pred_split", "test")
         out = run_predict(
             bundle,
             seed=seed,
