@@ -128,3 +128,25 @@ def test_faults(tmp_path, tiny_bundle, trained, synth_root, tiny_overrides):
         R.predict(other, seed=5)
     with pytest.raises(ValueError, match="rater"):
         R.train(tiny_bundle, rater="median")
+
+
+def test_early_stopping(tmp_path, synth_root, tiny_overrides):
+    # min_delta 1.0: no later validation can improve on the first → stop after patience 1
+    b = create_bundle(
+        "synthetic",
+        "baseline_dice",
+        out=str(tmp_path),
+        data_root=synth_root,
+        overrides={
+            **tiny_overrides,
+            "train#max_epochs": 5,
+            "train#early_stopping_patience": 1,
+            "train#early_stopping_min_delta": 1.0,
+        },
+    )
+    run = R.train(b, seed=0)
+    summary = json.load(open(os.path.join(run, "training_summary.json")))
+    assert summary["epochs"] == 2 and summary["early_stopped"] and summary["best_epoch"] == 1
+    assert (
+        torch.load(os.path.join(run, "checkpoints", "final.pt"), weights_only=False)["epoch"] == 2
+    )

@@ -194,14 +194,17 @@ def _one_hot_target(y: Any, num_classes: int) -> Any:
     return y.float()
 
 
-def _validate(model, loader, inferer, device, num_classes: int, num_bins: int) -> dict[str, float]:
-    """Mean foreground Dice and macro ECE/ACE/MCE (per case, foreground classes) on ``loader``."""
+def _validate(
+    model, loader, inferer, dice_metric, device, num_classes: int, num_bins: int
+) -> dict[str, float]:
+    """Mean Dice (``dice_metric``, a MONAI DiceMetric with reduction "none") and macro
+    ECE/ACE/MCE (per case, foreground classes) on ``loader``."""
     import torch
-    from monai.metrics import compute_dice
 
     from calibseg.binning import compute_bin_stats
 
-    dices, cal = [], {"ece": [], "ace": [], "mce": []}
+    dice_metric.reset()
+    cal = {"ece": [], "ace": [], "mce": []}
     model.eval()
     with torch.no_grad():
         for batch in loader:
@@ -209,11 +212,11 @@ def _validate(model, loader, inferer, device, num_classes: int, num_bins: int) -
             y = _one_hot_target(batch["label"], num_classes).to(device)
             prob = torch.softmax(inferer(x, model).float(), dim=1)
             seg = torch.nn.functional.one_hot(prob.argmax(1), num_classes).movedim(-1, 1).float()
-            dices.append(compute_dice(seg, y, include_background=False, ignore_empty=False))
+            dice_metric(y_pred=seg, y=y)
             errs = compute_bin_stats(prob, y, num_bins=num_bins).errors()
             for k in cal:
                 cal[k].append(errs[k][:, 1:])
-    out = {"dice": float(torch.cat(dices).nanmean())}
+    out = {"dice": float(torch.as_tensor(dice_metric.aggregate()).float().nanmean())}
     out.update({k: float(torch.cat(v).float().nanmean()) for k, v in cal.items()})
     return out
 
@@ -326,6 +329,7 @@ def _train(
     use_amp = bool(cfg("amp", True)) and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     inferer = parser.get_parsed_content("val_inferer")
+    dice_metric = parser.get_parsed_content("dice_metric")
     num_bins = int(cfg("num_bins", 20))
     val_interval = max(1, int(cfg("val_interval", 1)))
     patience = int(cfg("early_stopping_patience", 0))
@@ -423,7 +427,11 @@ def _train(
                 writer.add_scalar("train/loss", rec["loss"], epoch + 1)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], epoch + 1)
                 if (epoch + 1) % val_interval == 0 or epoch + 1 == max_ep:
-                    rec.update(_validate(model, val_loader, inferer, dev, num_classes, num_bins))
+                    rec.update(
+                        _validate(
+                            model, val_loader, inferer, dice_metric, dev, num_classes, num_bins
+                        )
+                    )
                     for k in ("dice", "ece", "ace", "mce"):
                         writer.add_scalar(f"val/{k}", rec[k], epoch + 1)
                     if rec["dice"] > best["dice"] + min_delta:
