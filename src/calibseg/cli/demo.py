@@ -41,11 +41,11 @@ def register(app: typer.Typer) -> None:
             title="test split, foreground classes, macro (mean over cases)"
             + (", mean ± std over seeds" if multi else "")
         )
-        table.add_column("loss")
+        table.add_column("loss", no_wrap=True)
         for m in ("Dice", "ECE", "ACE", "MCE"):
-            table.add_column(m, justify="right")
+            table.add_column(m, justify="right", no_wrap=True)
         if multi:
-            table.add_column("ACE vs baseline (Wilcoxon p)", justify="right")
+            table.add_column("Wilcoxon p, ACE vs baseline", justify="right", no_wrap=True)
         for loss, row in res["table"].items():
             cells = [
                 f"{mean:.3f} ± {std:.3f}" if multi else f"{mean:.3f}"
@@ -55,7 +55,12 @@ def register(app: typer.Typer) -> None:
                 p = res["tests"].get(loss)
                 cells.append("-" if p is None else f"{p:.3g}")
             table.add_row(loss, *cells)
-        console.print(table)
+        width = console.width
+        console.width = max(width, 130)  # never squeeze the numbers into wrapped cells
+        try:
+            console.print(table)
+        finally:
+            console.width = width
         for loss, paths in res["figures"].items():
             for p in paths:
                 console.print(f"reliability diagram ({loss}): {p}", soft_wrap=True)
