@@ -172,11 +172,20 @@ def local_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator
     os.close(fd)
     try:
         yield tmp
-        os.replace(tmp, target)
+        _publish(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _publish(tmp: str, target: str) -> None:
+    """Give a finished temporary file ordinary permissions (mkstemp makes it 0600) and
+    rename it onto ``target`` in one step."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, target)
 
 
 def _cache_dir() -> str:
@@ -633,7 +642,7 @@ def pull(
             os.close(fd)
             try:
                 fs.get_file(e["path"].split("://", 1)[1], tmp, callback=_byte_callback(on_bytes))
-                os.replace(tmp, target)
+                _publish(tmp, target)
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
