@@ -21,7 +21,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -238,6 +238,10 @@ def train(
     "random" (a rater drawn per sample); validation always uses the "label". Writes ``checkpoints/{last,best,final}.pt``,
     ``logs/train.log``, ``logs/tensorboard/``, ``resolved_config.json`` and
     ``training_summary.json`` (history, best Dice and epoch).
+
+    An ``s3://`` bundle trains in a local working folder (under ``$CALIBSEG_CACHE/runs``) that
+    first mirrors the remote run's checkpoints and logs (so reruns resume from S3); the run
+    folder is uploaded after every epoch and at the end, and the returned run is the URL.
     """
     require_bundle(bundle)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -249,10 +253,106 @@ def train(
             raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
         parser["max_epochs"] = int(max_epochs)
     run = run_dir(bundle, seed, run_name)
-    if storage.is_remote(run):
-        raise ValueError(f"training writes a local run folder; got the URL {run}.")
-    with _bundle_logging(bundle, os.path.join(run, "logs")):
-        return _train(bundle, parser, run, seed, rater, debug, he_init, device)
+    if not storage.is_remote(run):
+        with _bundle_logging(bundle, os.path.join(run, "logs")):
+            return _train(bundle, parser, run, seed, rater, debug, he_init, device)
+    local_bundle = _stage_bundle(bundle)
+    local_run = os.path.join(local_bundle, os.path.basename(run))
+    _pull_run(run, local_run)
+
+    def sync() -> None:
+        _push_run(local_run, run)
+
+    with _bundle_logging(local_bundle, os.path.join(local_run, "logs")):
+        logger.info("run %s works in %s", storage.redact(run), local_run)
+        try:
+            _train(local_bundle, parser, local_run, seed, rater, debug, he_init, device, sync)
+        except BaseException:
+            try:  # keep what was written (logs, last checkpoint) next to the bundle
+                sync()
+            except Exception as e:  # noqa: BLE001 - the training error is the one to report
+                logger.warning("could not upload %s after the failure: %s", local_run, e)
+            raise
+        sync()
+    return run
+
+
+# --------------------------------------------------------------------------- remote runs
+#
+# A run of an ``s3://`` bundle works in a local folder keyed by the bundle URL
+# (``$CALIBSEG_CACHE/runs/<sha256(url)[:16]>/<bundle name>/<run name>``) holding copies of the
+# bundle's configs and splits. Before training, the remote run's checkpoints, logs and JSON
+# files are mirrored into it (the remote run is the truth: local files it lacks are removed),
+# so a rerun resumes from the remote ``last.pt`` on any machine. After every epoch (after the
+# checkpoint is written) and at the end, changed files are uploaded with ``storage.push``:
+# one atomic PUT per object, unchanged objects skipped.
+
+_PULLED = ("checkpoints", "logs", "resolved_config.json", "training_summary.json")
+
+
+def _work_root() -> str:
+    return os.path.join(
+        os.environ.get("CALIBSEG_CACHE")
+        or os.path.join(os.path.expanduser("~"), ".cache", "calibseg"),
+        "runs",
+    )
+
+
+def _stage_bundle(bundle: str) -> str:
+    """Copy the defining files and ``splits.json`` of a remote bundle into its local working
+    folder; return that folder (same name, so the bundle hash and run names are unchanged)."""
+    from calibseg.bundles import BUNDLE_FILES
+
+    url = str(bundle).rstrip("/")
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    local = os.path.join(_work_root(), key, url.rsplit("/", 1)[-1])
+    for rel in (*BUNDLE_FILES, "splits.json"):
+        storage.write_bytes(os.path.join(local, rel), storage.read_bytes(storage.join(url, rel)))
+    return local
+
+
+def _is_partial(rel: str) -> bool:
+    """Temporary files of an interrupted atomic write (``.<name>.<random>.part<suffix>``)."""
+    name = rel.rsplit("/", 1)[-1]
+    return name.startswith(".") and ".part" in name
+
+
+def _pull_run(run: str, local_run: str) -> None:
+    """Mirror the remote run's checkpoints, logs and JSON files into ``local_run``."""
+    import shutil
+
+    remote = {}
+    if storage.exists(run):
+        remote = {
+            e["rel"]: e
+            for e in storage.list_files(run)
+            if e["rel"].split("/", 1)[0] in _PULLED and not _is_partial(e["rel"])
+        }
+    for entry in _PULLED:
+        p = os.path.join(local_run, entry)
+        if os.path.isdir(p):
+            for rel in (e["rel"] for e in storage.list_files(p)):
+                if f"{entry}/{rel}" not in remote:
+                    os.unlink(os.path.join(p, rel))
+        elif os.path.isfile(p) and entry not in remote:
+            os.unlink(p)
+    for entry in _PULLED:
+        if entry in remote:
+            storage.pull(storage.join(run, entry), os.path.join(local_run, entry))
+        elif any(r.startswith(entry + "/") for r in remote):
+            storage.pull(storage.join(run, entry), os.path.join(local_run, entry) + "/")
+    if not remote and os.path.isdir(local_run):
+        shutil.rmtree(local_run)
+    if remote:
+        logger.info("pulled %d files of %s", len(remote), storage.redact(run))
+
+
+def _push_run(local_run: str, run: str) -> None:
+    """Upload the changed files of ``local_run`` to ``run`` (stale partial files skipped)."""
+    for rel in (e["rel"] for e in storage.list_files(local_run)):
+        if _is_partial(rel):
+            os.unlink(os.path.join(local_run, rel))
+    storage.push(local_run, run)
 
 
 def _train(
@@ -264,7 +364,10 @@ def _train(
     debug: bool,
     he_init: bool,
     device: str | None,
+    on_checkpoint: Callable[[], None] | None = None,
 ) -> str:
+    """The training loop in the local run folder ``run``; ``on_checkpoint()`` is called after
+    each epoch's checkpoint and summary are written (remote runs upload there)."""
     import numpy as np
     import torch
     from monai.data import DataLoader, list_data_collate
@@ -469,6 +572,9 @@ def _train(
                     f" dice {rec['dice']:.3f} ace {rec['ace']:.3f}" if "dice" in rec else ""
                 )
                 progress.update(task, advance=1, info=info)
+                if on_checkpoint is not None:
+                    writer.flush()
+                    on_checkpoint()
                 if stopped:
                     logger.info("early stopping after epoch %d", epoch + 1)
                     break
@@ -508,6 +614,8 @@ def predict(
     channel last, on the original image grid with the image's affine; float32, or 16-bit
     integers with a scale slope when ``float16``, since NIfTI has no float16) and
     ``<case>_seg.nii.gz`` (argmax labels, uint8). ``checkpoint``: best | final | last | a path.
+    With an ``s3://`` bundle, images are read through the local cache and each prediction is
+    uploaded in one atomic request once written.
     """
     import nibabel as nib
     import numpy as np

@@ -18,7 +18,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("train")
     def train(
-        bundle: str = typer.Argument(..., help="Bundle folder (from `calibseg bundle create`)."),
+        bundle: str = typer.Argument(
+            ..., help="Bundle folder or s3:// URL (from `calibseg bundle create`)."
+        ),
         seed: int = typer.Option(0, "--seed", help="Run seed (run folder seed_<seed>)."),
         debug: bool = typer.Option(False, "--debug", help="Merge configs/debug.yaml (quick run)."),
         max_epochs: int = typer.Option(None, "--max-epochs", help="Override the epoch count."),
@@ -29,10 +31,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a bundle's network; rerunning the same command resumes from the last checkpoint.
 
+        An s3:// bundle trains in a local cache folder and uploads the run folder after every
+        epoch; a rerun (on any machine) resumes from the checkpoint on S3.
+
         Example: calibseg train bundles/synthetic_softl1ace_dice_ce_1a2b3c4d --seed 0 --max-epochs 20
         """
         from calibseg.bundles import require_bundle
         from calibseg.bundles.runner import train as run_train
+        from calibseg.storage import redact
 
         require_bundle(bundle)
         run = run_train(
@@ -43,11 +49,12 @@ def register(app: typer.Typer) -> None:
             run_name=run_name,
             rater=_rater(rater),
         )
+        run = redact(run)
         console.print(f"trained: [bold]{run}[/] (logs in {run}/logs)", soft_wrap=True)
 
     @app.command("predict")
     def predict(
-        bundle: str = typer.Argument(..., help="Bundle folder."),
+        bundle: str = typer.Argument(..., help="Bundle folder or s3:// URL."),
         seed: int = typer.Option(0, "--seed", help="Run seed (run folder seed_<seed>)."),
         checkpoint: str = typer.Option(
             None, "--checkpoint", help="best, final, last or a path (default: pred_checkpoint)."
@@ -68,6 +75,7 @@ def register(app: typer.Typer) -> None:
         """
         from calibseg.bundles import load_bundle
         from calibseg.bundles.runner import predict as run_predict
+        from calibseg.storage import redact
 
         cfg = load_bundle(bundle).get  # configs/inference_pred.yaml gives the defaults
         checkpoint = checkpoint or cfg("pred_checkpoint", "best")
@@ -81,4 +89,4 @@ def register(app: typer.Typer) -> None:
             cases=split,
             float16=float16,
         )
-        console.print(f"predictions: [bold]{out}[/]", soft_wrap=True)
+        console.print(f"predictions: [bold]{redact(out)}[/]", soft_wrap=True)

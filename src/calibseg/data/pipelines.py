@@ -34,7 +34,8 @@ def build_transforms(
     """A ``monai.transforms.Compose`` for ``spec`` at ``stage`` ("train" | "val" | "infer").
 
     Keys: "image" (all stages), "label" and ``rater_keys`` (train/val; filled from the item's
-    "raters" list when absent). Steps: LoadImaged (nibabel, channel first; BraTS stacks its
+    "raters" list when absent). Steps: remote (``s3://``) paths → local cached copies
+    (:class:`calibseg.data.remote.CacheRemoted`) → LoadImaged (nibabel, channel first; BraTS stacks its
     four modality files as channels) → Orientationd RAS → Spacingd to ``spacing`` or the
     dataset spacing (bilinear image, nearest labels; skipped when None) → intensity
     (z-score over non-zero voxels / whole-image z-score / HU clip + scale to [0, 1]) → label
@@ -59,6 +60,7 @@ def build_transforms(
         SpatialPadd,
     )
 
+    from calibseg.data.remote import CacheRemoted
     from calibseg.transforms import SplitRatersd, rater_label_transform
 
     if stage not in STAGES:
@@ -73,7 +75,7 @@ def build_transforms(
     keys = ["image", *label_keys]
     spacing = tuple(spacing) if spacing is not None else spec.spacing
 
-    xforms: list = []
+    xforms: list = [CacheRemoted([*keys, "raters"] if rater_keys else keys)]
     if rater_keys:
         xforms.append(SplitRatersd(rater_keys))
     xforms += [
