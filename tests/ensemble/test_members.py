@@ -12,10 +12,11 @@ def test_train_members_calls_runner_per_rater_and_seed(monkeypatch, tmp_path):
 
     def fake_train(bundle, seed=0, max_epochs=None, debug=False, run_name=None, rater=None, **kw):
         calls.append((bundle, seed, max_epochs, debug, run_name, rater))
+        assert kw["patience"] == 4
         return os.path.join(bundle, run_name)
 
     monkeypatch.setattr(runner, "train", fake_train)
-    runs = M.train_members("B", [1, 2, "mean"], [0, 11], max_epochs=3)
+    runs = M.train_members("B", [1, 2, "mean"], [0, 11], max_epochs=3, patience=4)
     assert list(runs) == [
         "rater1_seed0",
         "rater1_seed11",

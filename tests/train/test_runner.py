@@ -140,11 +140,13 @@ def test_early_stopping(tmp_path, synth_root, tiny_overrides):
         overrides={
             **tiny_overrides,
             "train#max_epochs": 5,
-            "train#early_stopping_patience": 1,
+            "train#early_stopping_patience": 0,
             "train#early_stopping_min_delta": 1.0,
         },
     )
-    run = R.train(b, seed=0)
+    with pytest.raises(ValueError, match="patience"):
+        R.train(b, seed=0, patience=-1)
+    run = R.train(b, seed=0, patience=1)  # the argument overrides the bundle's 0 (off)
     summary = json.load(open(os.path.join(run, "training_summary.json")))
     assert summary["epochs"] == 2 and summary["early_stopped"] and summary["best_epoch"] == 1
     assert (

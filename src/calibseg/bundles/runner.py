@@ -230,8 +230,12 @@ def train(
     rater: Any = None,
     he_init: bool = True,
     device: str | None = None,
+    patience: int | None = None,
 ) -> str:
     """Train the bundle's network for one seed; return the run folder.
+
+    ``patience`` (validations without a Dice gain) overrides the bundle's
+    ``early_stopping_patience``; 0 disables early stopping.
 
     Reruns continue from ``checkpoints/last.pt`` (a checkpoint of another bundle is refused).
     ``rater``: None (the "label"), k (k-th rater, 1-based), "mean" (soft rater average) or
@@ -252,6 +256,10 @@ def train(
         if int(max_epochs) < 1:
             raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
         parser["max_epochs"] = int(max_epochs)
+    if patience is not None:
+        if isinstance(patience, bool) or int(patience) < 0:
+            raise ValueError(f"patience must be an integer >= 0, got {patience!r}.")
+        parser["early_stopping_patience"] = int(patience)
     run = run_dir(bundle, seed, run_name)
     if not storage.is_remote(run):
         with _bundle_logging(bundle, os.path.join(run, "logs")):

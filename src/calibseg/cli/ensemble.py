@@ -21,6 +21,9 @@ def train(
     ),
     workers: int | None = typer.Option(None, help="Train members on N local Dask workers."),
     gpus_per_member: float = typer.Option(0, help="GPUs each member asks of a Dask worker."),
+    patience: int = typer.Option(
+        5, help="Early stopping: validations without a Dice gain on the validation split (0: off)."
+    ),
 ) -> None:
     """Train one member per (rater, seed), named rater<k>_seed<s> / mean_seed<s> / random_seed<s>.
 
@@ -40,6 +43,7 @@ def train(
         scheduler=scheduler,
         workers=workers,
         gpus_per_member=gpus_per_member,
+        patience=patience,
         on_done=lambda n, d: console.print(f"[green]done[/] {n} → {d}"),
     )
     console.print(f"{len(runs)} members trained in {bundle}")

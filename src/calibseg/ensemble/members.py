@@ -82,9 +82,11 @@ def train_members(
     workers: int | None = None,
     gpus_per_member: float = 0,
     on_done: Callable[[str, str], None] | None = None,
+    patience: int | None = None,
 ) -> dict[str, str]:
     """Train one member per (rater, seed) with ``calibseg.bundles.runner.train``; returns
-    ``{member: run dir}``. With ``scheduler`` (or ``workers``) the runs are Dask tasks through
+    ``{member: run dir}``. ``patience`` sets early stopping on the bundle's validation
+    split (validations without a Dice gain; None keeps the bundle's setting). With ``scheduler`` (or ``workers``) the runs are Dask tasks through
     ``calibseg.distributed.submit_training``, each asking for ``gpus_per_member`` GPUs."""
     from calibseg.bundles import runner
 
@@ -97,6 +99,7 @@ def train_members(
             "debug": debug,
             "run_name": name,
             "rater": r,
+            "patience": patience,
         }
         for name, r, s in plan
     ]
