@@ -28,6 +28,11 @@ def register(app: typer.Typer) -> None:
             None, "--run-name", help="Run folder name (default seed_<seed>)."
         ),
         rater: str = typer.Option(None, "--rater", help="k (1-based), mean, random or weighted."),
+        patience: int = typer.Option(
+            None,
+            "--patience",
+            help="Early stopping: validations without a Dice gain (0: off; default: the bundle's).",
+        ),
     ) -> None:
         """Train a bundle's network; rerunning the same command resumes from the last checkpoint.
 
@@ -48,6 +53,7 @@ def register(app: typer.Typer) -> None:
             debug=debug,
             run_name=run_name,
             rater=_rater(rater),
+            patience=patience,
         )
         run = redact(run)
         console.print(f"trained: [bold]{run}[/] (logs in {run}/logs)", soft_wrap=True)
@@ -69,7 +75,7 @@ def register(app: typer.Typer) -> None:
             None, "--split", help="training, validation or test (default: pred_split)."
         ),
     ) -> None:
-        """Predict a split with a trained run: <case>_prob.nii.gz ([x,y,z,C]) and <case>_seg.nii.gz.
+        """Predict a split with a trained run: <case>_prob.nii.gz (x, y, z, C) and <case>_seg.nii.gz.
 
         Example: calibseg predict bundles/synthetic_softl1ace_dice_ce_1a2b3c4d --seed 0 --checkpoint best
         """
