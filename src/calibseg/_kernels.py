@@ -28,6 +28,9 @@ import numba  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
 LANES = 4
+LANES2 = 2  # sub-histograms of the narrow hard kernel
+TILE = 512  # voxels whose bins are computed at once (narrow hard kernel)
+NARROW_BINS = 64  # at most this many bins: bucketize by counting edges
 BLOCK = 1 << 16
 SMALL = 1 << 15  # values below which a kernel runs on one thread
 _LOCK = threading.Lock()
@@ -66,10 +69,101 @@ def _out_of_unit(v):
     return np.int64(v < 0) + np.int64(v > 1) + np.int64(v != v)
 
 
-@njit(parallel=True, cache=True, nogil=True)
 def hard_hist(p, y, lo, hi, cnt_out, sp_out, sy_out, block):
     """Accumulate hard-binning counts and sums of ``p, y [R, N]`` into ``cnt_out`` (int64),
     ``sp_out`` (float64) and ``sy_out`` (int64 for integer targets, else float64), ``[R, K]``.
+
+    Returns the numbers of values of ``p`` and of ``y`` outside [0, 1] or NaN.
+    """
+    fn = hard_hist_narrow if lo.shape[0] <= NARROW_BINS else hard_hist_wide
+    return fn(p, y, lo, hi, cnt_out, sp_out, sy_out, block)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def hard_hist_narrow(p, y, lo, hi, cnt_out, sp_out, sy_out, block):
+    """:func:`hard_hist` for up to :data:`NARROW_BINS` bins, one pass over the data.
+
+    Per tile of ``TILE`` voxels (in L1), vectorised loops check the ranges of ``p`` and ``y``
+    and compute ``2 * bin + (y != 0)`` into a uint8 scratch, the bin as the number of upper
+    edges below the value (``torch.bucketize`` semantics, no table gather); a scalar loop
+    then adds 1 and ``p`` to ``2 LANES K`` slots, from which counts, target sums and
+    probability sums are read. Tiles with non-binary targets add their targets separately.
+    """
+    r_rows, n = p.shape
+    k = lo.shape[0]
+    k2 = 2 * k
+    nb = (n + block - 1) // block
+    units = r_rows * nb
+    part_c = np.zeros((units, k), np.int64)
+    part_p = np.zeros((units, k), np.float64)
+    part_y = np.zeros((units, k), sy_out.dtype)
+    bad = np.zeros((units, 2), np.int64)
+    for u in prange(units):
+        r = u // nb
+        s = (u % nb) * block
+        e = min(s + block, n)
+        pr = p[r, s:e]
+        yr = y[r, s:e]
+        m = e - s
+        hc = np.zeros(LANES2 * k2, np.int64)
+        hp = np.zeros(LANES2 * k2, np.float64)
+        hy = np.zeros(k, sy_out.dtype)
+        idx = np.empty(TILE, np.uint8)
+        bp = 0
+        by = 0
+        for t0 in range(0, m, TILE):
+            tn = min(TILE, m - t0)
+            pt = pr[t0 : t0 + tn]
+            yt = yr[t0 : t0 + tn]
+            nonbin = 0
+            for i in range(tn):
+                v = pt[i]
+                w = yt[i]
+                bp += np.int64((v < 0) | (v > 1) | (v != v))
+                by += np.int64((w < 0) | (w > 1) | (w != w))
+                nonbin += np.int64((w != 0) & (w != 1))
+                idx[i] = np.uint8(w != 0)
+            for j in range(k - 1):
+                ej = hi[j]
+                for i in range(tn):
+                    idx[i] += np.uint8(2) * np.uint8(np.float32(pt[i]) > ej)
+            tq = (tn // LANES2) * LANES2
+            for i0 in range(0, tq, LANES2):
+                for ln in range(LANES2):
+                    j = np.uintp(idx[i0 + ln]) + np.uintp(ln * k2)
+                    hc[j] += 1
+                    hp[j] += pt[i0 + ln]
+            for i in range(tq, tn):
+                j = np.uintp(idx[i])
+                hc[j] += 1
+                hp[j] += pt[i]
+            if nonbin:  # the targets themselves, minus the (y != 0) counted in hc
+                for i in range(tn):
+                    j = np.uintp(idx[i] >> 1)
+                    hy[j] += yt[i]
+                    hy[j] -= idx[i] & 1
+        for ln in range(LANES2):
+            for j in range(k):
+                a = ln * k2 + 2 * j
+                part_c[u, j] += hc[a] + hc[a + 1]
+                part_y[u, j] += hc[a + 1]
+                part_p[u, j] += hp[a] + hp[a + 1]
+        for j in range(k):
+            part_y[u, j] += hy[j]
+        bad[u, 0] = bp
+        bad[u, 1] = by
+    for u in range(units):
+        r = u // nb
+        for j in range(k):
+            cnt_out[r, j] += part_c[u, j]
+            sp_out[r, j] += part_p[u, j]
+            sy_out[r, j] += part_y[u, j]
+    return bad[:, 0].sum(), bad[:, 1].sum()
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def hard_hist_wide(p, y, lo, hi, cnt_out, sp_out, sy_out, block):
+    """:func:`hard_hist` for more than :data:`NARROW_BINS` bins (bucketize by guess + gather).
 
     Per block: a vectorisable pass counts values outside [0, 1] or NaN and non-binary
     targets; blocks of binary targets then keep count and target sum in one int64 per bin

@@ -1,0 +1,66 @@
+"""The two hard-binning kernels (edge counting for few bins, guess + gather for many) agree
+with each other and with the torch path, including values on edges and non-binary targets
+confined to a single tile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from calibseg import binning as B
+
+kern = pytest.importorskip("calibseg._kernels")
+
+
+def _stats(kernel, p, y, num_bins, right):
+    rows = p.shape[0] * p.shape[1]
+    int_y = not y.is_floating_point()
+    cnt = torch.zeros(rows, num_bins, dtype=torch.int64)
+    sp = torch.zeros(rows, num_bins, dtype=torch.float64)
+    sy = torch.zeros(rows, num_bins, dtype=torch.int64 if int_y else torch.float64)
+    lo, hi = kern.hard_edges(num_bins, B.bin_edges(num_bins)[1:].numpy(), right)
+    p2, y2 = p.reshape(rows, -1).numpy(), y.reshape(rows, -1).numpy()
+    bad = kernel(p2, y2, lo, hi, cnt.numpy(), sp.numpy(), sy.numpy(), 1000)
+    return cnt, sp, sy.double(), bad
+
+
+@pytest.mark.parametrize("num_bins", [1, 3, 20, kern.NARROW_BINS])
+@pytest.mark.parametrize("right", [False, True])
+@pytest.mark.parametrize("ydtype", [torch.float32, torch.uint8])
+def test_narrow_kernel_matches_wide_and_torch(num_bins, right, ydtype) -> None:
+    g = torch.Generator().manual_seed(num_bins)
+    edges = B.bin_edges(num_bins)
+    n = 2 * kern.TILE + 77  # two full tiles and a partial one per block
+    p = torch.rand(2, 3, n, generator=g)
+    p[..., : num_bins + 1] = edges  # exactly on every edge (the last one is above 1)
+    p[..., num_bins + 1 : num_bins + 3] = torch.tensor([0.0, 1.0])
+    p = p.clamp(max=1.0)
+    y = (torch.rand(2, 3, n, generator=g) < 0.4).to(ydtype)
+    y[1, 2, kern.TILE + 5] = 3 if ydtype == torch.uint8 else 0.25  # one non-binary tile
+    narrow = _stats(kern.hard_hist_narrow, p, y, num_bins, right)
+    wide = _stats(kern.hard_hist_wide, p, y, num_bins, right)
+    n_bad_y = 1 if ydtype == torch.uint8 else 0  # 3 is outside [0, 1]; 0.25 is inside
+    assert [int(v) for v in narrow[3]] == [int(v) for v in wide[3]] == [0, n_bad_y]
+    assert torch.equal(narrow[0], wide[0]) and torch.equal(narrow[2], wide[2])
+    torch.testing.assert_close(narrow[1], wide[1], rtol=1e-12, atol=1e-12)
+    ref = B._compute_bin_stats_torch(p, y, num_bins, right=right)
+    assert torch.equal(narrow[0].view(ref.shape), ref.weight)
+    torch.testing.assert_close(narrow[1].view(ref.shape), ref.sum_p, rtol=1e-12, atol=1e-9)
+    assert torch.equal(narrow[2].view(ref.shape), ref.sum_gt)
+
+
+def test_narrow_kernel_counts_bad_values() -> None:
+    p = torch.rand(1, 2, 3 * kern.TILE)
+    y = torch.ones(1, 2, 3 * kern.TILE)
+    p[0, 0, 10], p[0, 1, 700], p[0, 1, 1200] = float("nan"), -0.5, 1.5
+    y[0, 1, 3], y[0, 0, 900] = 2.0, float("nan")
+    assert [int(v) for v in _stats(kern.hard_hist_narrow, p, y, 20, False)[3]] == [3, 2]
+
+
+def test_dispatch_by_number_of_bins() -> None:
+    p = torch.rand(1, 1, 3000)
+    y = (torch.rand(1, 1, 3000) < 0.5).float()
+    for k in (kern.NARROW_BINS, kern.NARROW_BINS + 1):
+        a = _stats(kern.hard_hist, p, y, k, False)
+        b = B._compute_bin_stats_torch(p, y, k)
+        assert torch.equal(a[0].view(b.shape), b.weight)
