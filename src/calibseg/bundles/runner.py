@@ -9,6 +9,13 @@ Exact resume: every epoch ends with an atomic ``checkpoints/last.pt`` holding mo
 scheduler, scaler, the torch / numpy / python RNG states, early-stopping state and the epoch.
 Shuffling and random augmentation are seeded per epoch from (seed, epoch), so an interrupted
 run continued from its last checkpoint gives the same weights as an uninterrupted one.
+
+Started by ``torchrun --nproc-per-node N -m calibseg train …`` (``WORLD_SIZE`` > 1), one model
+trains with DistributedDataParallel (gloo on CPU, NCCL on GPU): a ``DistributedSampler`` seeded
+with the run seed shards the training set (``batch_size`` is per process), gradients are
+averaged, and rank 0 alone validates and writes checkpoints, logs, summary and TensorBoard;
+its early-stopping decision is broadcast to the other ranks. Every rank resumes from rank 0's
+``last.pt``. Checkpoints hold the unwrapped model's state dict, as in a single-process run.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any
 
 from calibseg import storage
 from calibseg.bundles import bundle_hash, load_bundle, read_splits, require_bundle
+from calibseg.distributed import ddp
 
 __all__ = ["train", "predict", "load_checkpoint", "run_dir"]
 
@@ -198,12 +206,16 @@ def _validate(
     model, loader, inferer, dice_metric, device, num_classes: int, num_bins: int
 ) -> dict[str, float]:
     """Mean Dice (``dice_metric``, a MONAI DiceMetric with reduction "none") and macro
-    ECE/ACE/MCE (per case, foreground classes) on ``loader``."""
+    ECE/ACE/MCE (per case, foreground classes) on ``loader``.
+
+    In a DDP group each rank validates its own cases and the per-case values of all ranks are
+    gathered (``all_gather_object``), so every rank returns the same metrics."""
     import torch
 
     from calibseg.binning import compute_bin_stats
 
     dice_metric.reset()
+    dice_rows: list = []
     cal = {"ece": [], "ace": [], "mce": []}
     model.eval()
     with torch.no_grad():
@@ -212,10 +224,17 @@ def _validate(
             y = _one_hot_target(batch["label"], num_classes).to(device)
             prob = torch.softmax(inferer(x, model).float(), dim=1)
             seg = torch.nn.functional.one_hot(prob.argmax(1), num_classes).movedim(-1, 1).float()
-            dice_metric(y_pred=seg, y=y)
+            dice_rows.append(torch.as_tensor(dice_metric(y_pred=seg, y=y)).float().cpu())
             errs = compute_bin_stats(prob, y, num_bins=num_bins).errors()
             for k in cal:
-                cal[k].append(errs[k][:, 1:])
+                cal[k].append(errs[k][:, 1:].cpu())
+    if ddp.is_distributed():
+        # MONAI's aggregate() would all-gather its buffers, failing on ranks without cases:
+        # gather the per-case rows (the buffer of a "none" reduction) instead
+        mine = {"dice": dice_rows, **cal}
+        parts: list = [None] * ddp.get_world_size()
+        torch.distributed.all_gather_object(parts, mine)
+        return {k: float(torch.cat([t for p in parts for t in p[k]]).nanmean()) for k in mine}
     out = {"dice": float(torch.as_tensor(dice_metric.aggregate()).float().nanmean())}
     out.update({k: float(torch.cat(v).float().nanmean()) for k, v in cal.items()})
     return out
@@ -261,6 +280,14 @@ def train(
             raise ValueError(f"patience must be an integer >= 0, got {patience!r}.")
         parser["early_stopping_patience"] = int(patience)
     run = run_dir(bundle, seed, run_name)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if storage.is_remote(run):
+            raise ValueError(
+                f"distributed training (WORLD_SIZE={os.environ['WORLD_SIZE']}) needs a local "
+                f"bundle, not {storage.redact(bundle)}; copy the bundle to a local or shared "
+                "folder, or train it with a single process."
+            )
+        return _train_distributed(bundle, parser, run, seed, rater, debug, he_init, device)
     if not storage.is_remote(run):
         with _bundle_logging(bundle, os.path.join(run, "logs")):
             return _train(bundle, parser, run, seed, rater, debug, he_init, device)
@@ -283,6 +310,36 @@ def train(
             raise
         sync()
     return run
+
+
+def _train_distributed(
+    bundle: str,
+    parser: Any,
+    run: str,
+    seed: int,
+    rater: Any,
+    debug: bool,
+    he_init: bool,
+    device: str | None,
+) -> str:
+    """Join the torchrun process group, train with DDP, leave the group (also on error).
+
+    Only rank 0 configures the bundle's logging (``logs/train.log``); the other ranks log
+    warnings and errors to stderr only.
+    """
+    from contextlib import nullcontext
+
+    owns_group = not ddp.is_distributed()
+    # rank 0 alone validates and writes while the others wait at a collective: allow an hour
+    ddp.init_from_env(timeout_s=3600.0)
+    try:
+        main = ddp.is_main_process()
+        logs = _bundle_logging(bundle, os.path.join(run, "logs")) if main else nullcontext()
+        with logs:
+            return _train(bundle, parser, run, seed, rater, debug, he_init, device)
+    finally:
+        if owns_group:
+            ddp.cleanup()
 
 
 # --------------------------------------------------------------------------- remote runs
@@ -375,7 +432,9 @@ def _train(
     on_checkpoint: Callable[[], None] | None = None,
 ) -> str:
     """The training loop in the local run folder ``run``; ``on_checkpoint()`` is called after
-    each epoch's checkpoint and summary are written (remote runs upload there)."""
+    each epoch's checkpoint and summary are written (remote runs upload there).
+
+    In a DDP process group every rank runs this loop on its shard; rank 0 writes."""
     import numpy as np
     import torch
     from monai.data import DataLoader, list_data_collate
@@ -384,9 +443,15 @@ def _train(
 
     from calibseg.data import get_dataset
 
+    dist_on, main = ddp.is_distributed(), ddp.is_main_process()
+    rank, world = ddp.get_rank(), ddp.get_world_size()
     ckpt_dir, log_dir = os.path.join(run, "checkpoints"), os.path.join(run, "logs")
-    os.makedirs(ckpt_dir, exist_ok=True)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if main:
+        os.makedirs(ckpt_dir, exist_ok=True)
+    if dist_on:
+        dev = ddp.device()
+    else:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     h = bundle_hash(bundle)
 
     last_path = os.path.join(ckpt_dir, "last.pt")
@@ -417,7 +482,9 @@ def _train(
         raise ValueError(f"the training split of {bundle} is empty.")
     roi = tuple(int(r) for r in cfg("roi_size"))
     batch_size = int(cfg("batch_size"))
-    steps = max(1, -(-len(train_items) // batch_size))
+    # a DistributedSampler pads the split to ceil(n / world) cases per rank
+    per_rank = -(-len(train_items) // world)
+    steps = max(1, -(-per_rank // batch_size))
     parser["steps_per_epoch"] = steps
 
     resolved = {
@@ -426,9 +493,12 @@ def _train(
         "run": {"seed": seed, "rater": rater, "debug": debug, "device": str(dev)},
         "config": parser.get(),
     }
+    if dist_on:
+        resolved["run"]["world_size"] = world
     text = json.dumps(resolved, sort_keys=True, default=str)
     resolved["config_hash"] = hashlib.sha256(text.encode()).hexdigest()
-    storage.write_json(os.path.join(run, "resolved_config.json"), resolved)
+    if main:
+        storage.write_json(os.path.join(run, "resolved_config.json"), resolved)
 
     set_determinism(seed=seed)
     model = parser.get_parsed_content("network").to(dev)
@@ -451,12 +521,14 @@ def _train(
     else:
         train_tf = spec.transforms("train", roi)
     train_ds = _make_dataset(train_items, train_tf, float(cfg("cache_rate", 1.0)))
-    val_ds = _make_dataset(val_items, spec.transforms("val", roi), 1.0)
+    # each rank validates every world-th case (all of them single-process)
+    val_ds = _make_dataset(val_items[rank::world], spec.transforms("val", roi), 1.0)
     val_loader = DataLoader(val_ds, batch_size=1, num_workers=0)
 
     start_epoch, best, bad_vals, history, stopped = 0, {"dice": -1.0, "epoch": 0}, 0, [], False
+    net = model  # the unwrapped network: validated and saved
     if state is not None:
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
@@ -465,17 +537,23 @@ def _train(
         start_epoch, best = int(state["epoch"]), state["best"]
         bad_vals, history, stopped = state["bad_vals"], state["history"], state["stopped"]
         logger.info("resuming %s from epoch %d", run, start_epoch)
+    ddp.barrier()  # every rank has read last.pt before rank 0 may overwrite it
+    model = ddp.wrap_model(net)  # DDP broadcasts rank 0's weights; averages gradients
+    sampler = ddp.distributed_sampler(train_ds, shuffle=True, seed=seed)
 
-    from torch.utils.tensorboard import SummaryWriter
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(os.path.join(log_dir, "tensorboard"), purge_step=start_epoch + 1)
+        writer = SummaryWriter(os.path.join(log_dir, "tensorboard"), purge_step=start_epoch + 1)
     logger.info(
-        "training %s: %d train / %d val cases, %d epochs, device %s",
+        "training %s: %d train / %d val cases, %d epochs, device %s, world size %d",
         run,
         len(train_items),
         len(val_items),
         max_ep,
         dev,
+        world,
     )
 
     def checkpoint(epoch: int) -> dict:
@@ -485,7 +563,7 @@ def _train(
             "seed": seed,
             "rater": rater,
             "epoch": epoch,
-            "model": model.state_dict(),
+            "model": net.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if use_amp else None,
@@ -503,6 +581,7 @@ def _train(
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         transient=True,
+        disable=not main,
     )
     t0 = time.perf_counter()
     try:
@@ -511,15 +590,23 @@ def _train(
                 os.path.basename(run), total=max_ep, completed=start_epoch, info=""
             )
             for epoch in range(start_epoch, max_ep):
-                train_tf.set_random_state(seed=_derive_seed(seed, epoch, 1))
-                gen = torch.Generator().manual_seed(_derive_seed(seed, epoch, 2))
+                # augmentation differs between ranks (each sees other cases)
+                aug_seed = (
+                    _derive_seed(seed, epoch, 1, rank) if dist_on else _derive_seed(seed, epoch, 1)
+                )
+                train_tf.set_random_state(seed=aug_seed)
+                if sampler is not None:
+                    sampler.set_epoch(epoch)
+                    order = {"sampler": sampler}
+                else:
+                    gen = torch.Generator().manual_seed(_derive_seed(seed, epoch, 2))
+                    order = {"shuffle": True, "generator": gen}
                 loader = DataLoader(
                     train_ds,
                     batch_size=batch_size,
-                    shuffle=True,
-                    generator=gen,
                     num_workers=int(cfg("num_workers", 0)),
                     collate_fn=list_data_collate,
+                    **order,
                 )
                 model.train()
                 losses = []
@@ -534,15 +621,26 @@ def _train(
                     scaler.update()
                     scheduler.step()
                     losses.append(float(loss.detach()))
-                rec: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
+                epoch_loss = float(np.mean(losses))
+                if dist_on:  # mean over ranks (equal step counts: the sampler pads)
+                    t = torch.tensor(epoch_loss / world, dtype=torch.float64, device=dev)
+                    torch.distributed.all_reduce(t)
+                    epoch_loss = float(t)
+                rec: dict[str, Any] = {"epoch": epoch + 1, "loss": epoch_loss}
+                validating = (epoch + 1) % val_interval == 0 or epoch + 1 == max_ep
+                if validating:
+                    rec.update(
+                        _validate(net, val_loader, inferer, dice_metric, dev, num_classes, num_bins)
+                    )
+                if not main:  # rank 0 writes, then tells whether to stop
+                    flag = [None]
+                    torch.distributed.broadcast_object_list(flag, src=0)
+                    if flag[0]:
+                        break
+                    continue
                 writer.add_scalar("train/loss", rec["loss"], epoch + 1)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], epoch + 1)
-                if (epoch + 1) % val_interval == 0 or epoch + 1 == max_ep:
-                    rec.update(
-                        _validate(
-                            model, val_loader, inferer, dice_metric, dev, num_classes, num_bins
-                        )
-                    )
+                if validating:
                     for k in ("dice", "ece", "ace", "mce"):
                         writer.add_scalar(f"val/{k}", rec[k], epoch + 1)
                     if rec["dice"] > best["dice"] + min_delta:
@@ -554,7 +652,7 @@ def _train(
                                 "bundle_hash": h,
                                 "seed": seed,
                                 "epoch": epoch + 1,
-                                "model": model.state_dict(),
+                                "model": net.state_dict(),
                                 "metrics": rec,
                             },
                             os.path.join(ckpt_dir, "best.pt"),
@@ -583,21 +681,26 @@ def _train(
                 if on_checkpoint is not None:
                     writer.flush()
                     on_checkpoint()
+                if dist_on:
+                    torch.distributed.broadcast_object_list([stopped], src=0)
                 if stopped:
                     logger.info("early stopping after epoch %d", epoch + 1)
                     break
     finally:
-        writer.close()
-    _save_torch(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "bundle_hash": h,
-            "seed": seed,
-            "epoch": history[-1]["epoch"] if history else start_epoch,
-            "model": model.state_dict(),
-        },
-        os.path.join(ckpt_dir, "final.pt"),
-    )
+        if writer is not None:
+            writer.close()
+    if main:
+        _save_torch(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "bundle_hash": h,
+                "seed": seed,
+                "epoch": history[-1]["epoch"] if history else start_epoch,
+                "model": net.state_dict(),
+            },
+            os.path.join(ckpt_dir, "final.pt"),
+        )
+    ddp.barrier()  # the other ranks return once final.pt is written
     logger.info("trained %s in %.1f s", run, time.perf_counter() - t0)
     return run
 

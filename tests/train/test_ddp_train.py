@@ -1,0 +1,88 @@
+"""`torchrun --nproc-per-node 2 -m calibseg train`: one DDP model (gloo, CPU), rank 0 writes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from calibseg.bundles import load_bundle
+from calibseg.bundles import runner as R
+
+_DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _torchrun(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    return subprocess.run(
+        [*cmd, "-m", "calibseg", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _validate_single_process(bundle: str, state: dict) -> dict[str, float]:
+    """The runner's validation of ``state`` on the whole validation split, in this process."""
+    from monai.data import DataLoader
+
+    from calibseg.data import get_dataset
+
+    parser = load_bundle(bundle)
+    net = parser.get_parsed_content("network")
+    net.load_state_dict(state)
+    roi = tuple(int(r) for r in parser.get("roi_size"))
+    items = json.load(open(os.path.join(bundle, "splits.json")))["validation"]
+    ds = R._make_dataset(items, get_dataset(parser.get("dataset")).transforms("val", roi), 1.0)
+    return R._validate(
+        net,
+        DataLoader(ds, batch_size=1, num_workers=0),
+        parser.get_parsed_content("val_inferer"),
+        parser.get_parsed_content("dice_metric"),
+        torch.device("cpu"),
+        int(parser.get("num_classes")),
+        int(parser.get("num_bins", 20)),
+    )
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_train_one_model(tiny_bundle):
+    res = _torchrun("train", tiny_bundle, "--max-epochs", "1", "--run-name", "ddp")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    run = os.path.join(tiny_bundle, "ddp")
+    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == [
+        "best.pt",
+        "final.pt",
+        "last.pt",
+    ]
+    with open(os.path.join(run, "logs", "train.log")) as f:
+        log = f.read()
+    assert "world size 2" in log and log.count(' - INFO - epoch {"epoch": ') == 1  # rank 0 only
+    events = os.listdir(os.path.join(run, "logs", "tensorboard"))
+    assert len(events) == 1 and events[0].startswith("events")  # one writer: rank 0
+    summary = json.load(open(os.path.join(run, "training_summary.json")))
+    assert summary["epochs"] == 1 and len(summary["history"]) == 1
+    resolved = json.load(open(os.path.join(run, "resolved_config.json")))
+    # 3 training cases sharded over 2 ranks (2 each, padded), batch 2: 1 step (2 single-process)
+    assert resolved["run"]["world_size"] == 2 and resolved["config"]["steps_per_epoch"] == 1
+
+    last = R.load_checkpoint(os.path.join(run, "checkpoints", "last.pt"), tiny_bundle)
+    final = R.load_checkpoint(os.path.join(run, "checkpoints", "final.pt"), tiny_bundle)
+    assert last["epoch"] == 1 and not any(k.startswith("module.") for k in last["model"])
+    for k, v in final["model"].items():
+        assert torch.equal(v, last["model"][k]), k
+    # the sharded validation (rank 1 holds no validation case) equals a single-process one
+    ref = _validate_single_process(tiny_bundle, final["model"])
+    for k in ("dice", "ece", "ace", "mce"):
+        assert summary["history"][0][k] == pytest.approx(ref[k], abs=1e-5), k
+
+    pred = R.predict(tiny_bundle, checkpoint="best", run_name="ddp")
+    test_cases = json.load(open(os.path.join(tiny_bundle, "splits.json")))["test"]
+    assert sorted(os.listdir(pred)) == sorted(
+        f"{it['case']}_{s}.nii.gz" for it in test_cases for s in ("prob", "seg")
+    )
