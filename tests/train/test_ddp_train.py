@@ -86,3 +86,14 @@ def test_torchrun_two_ranks_train_one_model(tiny_bundle):
     assert sorted(os.listdir(pred)) == sorted(
         f"{it['case']}_{s}.nii.gz" for it in test_cases for s in ("prob", "seg")
     )
+
+
+def test_world_size_without_torchrun_is_one_clear_error(tiny_bundle, monkeypatch):
+    for key in _DIST_VARS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="start with torchrun"):
+        R.train(tiny_bundle, max_epochs=1, run_name="ddp_no_torchrun")
+    assert not torch.distributed.is_initialized()
+    assert not os.path.exists(os.path.join(tiny_bundle, "ddp_no_torchrun", "checkpoints"))
+    monkeypatch.delenv("WORLD_SIZE")
