@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from calibseg.cli.common import console
@@ -56,7 +58,8 @@ def register(app: typer.Typer) -> None:
             patience=patience,
         )
         run = redact(run)
-        console.print(f"trained: [bold]{run}[/] (logs in {run}/logs)", soft_wrap=True)
+        if os.environ.get("RANK", "0") == "0":  # one line per torchrun job, not per process
+            console.print(f"trained: [bold]{run}[/] (logs in {run}/logs)", soft_wrap=True)
 
     @app.command("predict")
     def predict(
