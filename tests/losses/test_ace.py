@@ -23,8 +23,10 @@ def reference_ace(
     soft: bool = False,
     right: bool = False,
     empty_weight: float | None = None,
+    fixed_split: bool = False,
 ) -> torch.Tensor:
-    """Plain per-(b, c) autograd reference: ACE ``[B, C]`` with bucketize + masks / triangles."""
+    """Plain per-(b, c) autograd reference: ACE ``[B, C]`` with bucketize + masks / triangles
+    (``fixed_split``: soft bin weights detached, gradient only through the bin means)."""
     if empty_weight is None:
         empty_weight = 0.01 if soft else 0.0
     width = (1.0 + EPS32) / num_bins
@@ -44,6 +46,8 @@ def reference_ace(
             else:
                 q = pv.clamp(float(centres[0]), float(centres[-1]))
                 tri = torch.relu(1 - (q[:, None] - centres[None]).abs() / width)  # [N, K]
+                if fixed_split:
+                    tri = tri.detach()
                 for k in range(num_bins):
                     wk = tri[:, k].sum()
                     if wk > 0 and wk >= empty_weight:
@@ -109,6 +113,36 @@ def test_values_and_gradients_match_reference(soft, num_bins):
     (g_ref,) = torch.autograd.grad(ref, logits)
     assert ours.item() == pytest.approx(ref.item(), abs=1e-10)
     torch.testing.assert_close(g_ours, g_ref, atol=1e-10, rtol=1e-7)
+
+
+@pytest.mark.parametrize("num_bins", [1, 7, 20])
+def test_fixed_split_matches_reference(num_bins):
+    # membership_grad=False: same value; gradient only through the bin means
+    logits, _, onehot = random_case()
+    logits.requires_grad_()
+    exact = SoftL1ACELoss(num_bins=num_bins, softmax=True)(logits, onehot)
+    ours = SoftL1ACELoss(num_bins=num_bins, softmax=True, membership_grad=False)(logits, onehot)
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    ref = reference_ace(logits.softmax(1), onehot, num_bins, soft=True, fixed_split=True).mean()
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    assert ours.item() == pytest.approx(exact.item(), abs=1e-12)
+    torch.testing.assert_close(g_ours, g_ref, atol=1e-10, rtol=1e-7)
+
+
+def test_split_gradient_hand_computed():
+    # K=20 (centres 0.275, 0.325, 0.375 around): p1=0.30 (gt 1) splits 0.5/0.5 over bins 5/6,
+    # p2=0.34 (gt 0) 0.7/0.3 over bins 6/7. Bin 5: gap 0.7; bin 6: W=1.2, mean_p - mean_gt =
+    # (0.388 - 0.5)/1.2 = -0.0933; bin 7: gap 0.34. ACE = mean of the three gaps.
+    # Fixed split: dACE/dp1 = (1/3)(-0.5/0.5 - 0.5/1.2) = -17/36 (p1 pushed up, towards its label).
+    # Exact: + (1/3) * 20 * (-1) * ((p1 - 1) - (-0.0933))/1.2 = +3.3704 from moving p1's weight
+    # into bin 6, so the exact gradient pushes p1 *down*, six times harder.
+    p = torch.tensor([0.30, 0.34], dtype=torch.float64).view(1, 1, 2).requires_grad_()
+    t = torch.tensor([1.0, 0.0], dtype=torch.float64).view(1, 1, 2)
+    (g_exact,) = torch.autograd.grad(SoftL1ACELoss()(p, t), p)
+    (g_fixed,) = torch.autograd.grad(SoftL1ACELoss(membership_grad=False)(p, t), p)
+    assert g_fixed[0, 0, 0].item() == pytest.approx(-17 / 36, rel=1e-5)
+    split = 20 * (0.7 - 0.112 / 1.2) / 1.2 / 3
+    assert g_exact[0, 0, 0].item() == pytest.approx(-17 / 36 + split, rel=1e-5)
 
 
 def test_right_edges_follow_reference():

@@ -125,6 +125,7 @@ class _L1ACELoss(_Loss):
         right: bool = False,
         ignore_empty_classes: bool = False,
         empty_weight: float = 0.0,
+        membership_grad: bool = True,
     ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
         check_activation(sigmoid, softmax, other_act)
@@ -137,6 +138,7 @@ class _L1ACELoss(_Loss):
         self.right = right
         self.ignore_empty_classes = ignore_empty_classes
         self.empty_weight = _check_empty_weight(empty_weight)
+        self.membership_grad = bool(membership_grad)
         self.class_weight: torch.Tensor | None
         self.register_buffer("class_weight", class_weight_tensor(weight))
 
@@ -170,9 +172,16 @@ class _L1ACELoss(_Loss):
             input, target = input[:, 1:], target[:, 1:]
         _check_pair(input, target, target_checked)
 
-        w, sum_p, sum_gt = binned_sums(
-            input, target, num_bins=self.num_bins, right=self.right, soft=self._soft
-        )
+        if self._soft and not self.membership_grad and input.requires_grad:
+            # bin weights of the detached probabilities; sum_p binned as a "target" so that
+            # its gradient is the bin weight alone (no derivative of the split itself)
+            fixed = input.detach()
+            w, _, sum_gt = binned_sums(fixed, target, num_bins=self.num_bins, soft=True)
+            _, _, sum_p = binned_sums(fixed, input, num_bins=self.num_bins, soft=True)
+        else:
+            w, sum_p, sum_gt = binned_sums(
+                input, target, num_bins=self.num_bins, right=self.right, soft=self._soft
+            )
         valid = (w > 0) & (w >= self.empty_weight)
         gap = (sum_p - sum_gt).abs() / torch.where(valid, w, torch.ones_like(w))
         gap = torch.where(valid, gap, torch.zeros_like(gap))
@@ -277,6 +286,12 @@ class SoftL1ACELoss(_L1ACELoss):
         weight, right, ignore_empty_classes: as in :class:`HardL1ACELoss` (``right`` has no
             effect on soft binning; it is accepted for a uniform signature).
         empty_weight: minimum summed weight of a non-empty bin. Default 0.01.
+        membership_grad: if True (default) the gradient is the exact derivative, including
+            the change of each voxel's split between its two bins (slope ``num_bins`` per unit
+            probability, scaled by ``1 / bin weight``); this term dominates the gradient of a
+            confident network and is nearly orthogonal to the Dice/CE gradient. If False the
+            split is held fixed in the backward pass and gradients flow only through the
+            per-bin means (as in hard binning); the loss value is unchanged.
 
     Example:
         >>> loss = SoftL1ACELoss(softmax=True, to_onehot_y=True)
@@ -298,6 +313,7 @@ class SoftL1ACELoss(_L1ACELoss):
         right: bool = False,
         ignore_empty_classes: bool = False,
         empty_weight: float = DEFAULT_EMPTY_WEIGHT,
+        membership_grad: bool = True,
     ) -> None:
         super().__init__(
             num_bins=num_bins,
@@ -311,4 +327,5 @@ class SoftL1ACELoss(_L1ACELoss):
             right=right,
             ignore_empty_classes=ignore_empty_classes,
             empty_weight=empty_weight,
+            membership_grad=membership_grad,
         )
