@@ -30,7 +30,8 @@ from numba import njit, prange  # noqa: E402
 LANES = 4
 LANES2 = 2  # sub-histograms of the narrow hard kernel
 TILE = 512  # voxels whose bins are computed at once (narrow hard kernel)
-NARROW_BINS = 64  # at most this many bins: bucketize by counting edges
+NARROW_BINS = 64  # at most this many bins: the narrow hard kernel
+TAU = 2.0**-10  # largest distance to an edge (in bins) that gets an exact bucketize
 BLOCK = 1 << 16
 SMALL = 1 << 15  # values below which a kernel runs on one thread
 _LOCK = threading.Lock()
@@ -75,12 +76,29 @@ def hard_hist(p, y, lo, hi, cnt_out, sp_out, sy_out, block):
 
     Returns the numbers of values of ``p`` and of ``y`` outside [0, 1] or NaN.
     """
-    fn = hard_hist_narrow if lo.shape[0] <= NARROW_BINS else hard_hist_wide
-    return fn(p, y, lo, hi, cnt_out, sp_out, sy_out, block)
+    if lo.shape[0] > NARROW_BINS:
+        return hard_hist_wide(p, y, lo, hi, cnt_out, sp_out, sy_out, block)
+    tau = guess_tolerance(hi)
+    return hard_hist_narrow(p, y, lo, hi, cnt_out, sp_out, sy_out, block, tau)
+
+
+def guess_tolerance(hi: np.ndarray) -> np.float32:
+    """Distance ``tau`` (in bins, a power of 2 up to ``TAU``) such that the guess
+    ``floor(p K)`` can differ from the bin of ``p`` only where ``p K`` lies within ``tau`` of
+    an inner edge index; 0 if the edges ``hi [K]`` allow no such bound.
+
+    The float32 product ``p K`` is within ``2^-24 K`` of the exact one (``<= tau / 4``) and
+    each comparison edge times K is within ``tau / 2`` of its index.
+    """
+    k = hi.shape[0]
+    dev = np.abs(hi[:-1].astype(np.float64) * k - np.arange(1, k)).max() if k > 1 else 0.0
+    need = max(4 * k * 2.0**-24, 2 * dev)
+    tau = 2.0 ** np.ceil(np.log2(need))
+    return np.float32(tau if tau <= TAU else 0.0)
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def hard_hist_narrow(p, y, lo, hi, cnt_out, sp_out, sy_out, block):
+def hard_hist_narrow(p, y, lo, hi, cnt_out, sp_out, sy_out, block, tau):
     """:func:`hard_hist` for up to :data:`NARROW_BINS` bins, one pass over the data.
 
     Per tile of ``TILE`` voxels (in L1), vectorised loops check the ranges of ``p`` and ``y``
@@ -92,6 +110,8 @@ def hard_hist_narrow(p, y, lo, hi, cnt_out, sp_out, sy_out, block):
     r_rows, n = p.shape
     k = lo.shape[0]
     k2 = 2 * k
+    kf = np.float32(k)
+    kmax = np.float32(k - 1)
     nb = (n + block - 1) // block
     units = r_rows * nb
     part_c = np.zeros((units, k), np.int64)
@@ -116,17 +136,40 @@ def hard_hist_narrow(p, y, lo, hi, cnt_out, sp_out, sy_out, block):
             pt = pr[t0 : t0 + tn]
             yt = yr[t0 : t0 + tn]
             nonbin = 0
-            for i in range(tn):
-                v = pt[i]
-                w = yt[i]
-                bp += np.int64((v < 0) | (v > 1) | (v != v))
-                by += np.int64((w < 0) | (w > 1) | (w != w))
-                nonbin += np.int64((w != 0) & (w != 1))
-                idx[i] = np.uint8(w != 0)
-            for j in range(k - 1):
-                ej = hi[j]
+            if tau > 0:
+                near = 0
                 for i in range(tn):
-                    idx[i] += np.uint8(2) * np.uint8(np.float32(pt[i]) > ej)
+                    v = pt[i]
+                    w = yt[i]
+                    bp += np.int64((v < 0) | (v > 1) | (v != v))
+                    by += np.int64((w < 0) | (w > 1) | (w != w))
+                    nonbin += np.int64((w != 0) & (w != 1))
+                    x = np.float32(v) * kf
+                    x = x if x > 0.0 else np.float32(0.0)  # also maps NaN to 0
+                    x = x if x < kf else kf
+                    gi = np.int32(x)
+                    fr = x - np.float32(gi)
+                    near += np.int64(
+                        ((fr < tau) & (x > 0.5) & (x < kf - 0.5)) | ((fr > 1 - tau) & (x < kmax))
+                    )
+                    g = gi if gi < k - 1 else np.int32(k - 1)
+                    idx[i] = np.uint8(2 * g + np.int32(w != 0))
+                if near:  # some value within tau of an inner edge: exact bins for this tile
+                    for i in range(tn):
+                        g = _hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)
+                        idx[i] = np.uint8(2 * g) + (idx[i] & np.uint8(1))
+            else:
+                for i in range(tn):
+                    v = pt[i]
+                    w = yt[i]
+                    bp += np.int64((v < 0) | (v > 1) | (v != v))
+                    by += np.int64((w < 0) | (w > 1) | (w != w))
+                    nonbin += np.int64((w != 0) & (w != 1))
+                    idx[i] = np.uint8(w != 0)
+                for j in range(k - 1):
+                    ej = hi[j]
+                    for i in range(tn):
+                        idx[i] += np.uint8(2) * np.uint8(np.float32(pt[i]) > ej)
             tq = (tn // LANES2) * LANES2
             for i0 in range(0, tq, LANES2):
                 for ln in range(LANES2):

@@ -1,6 +1,6 @@
-"""The two hard-binning kernels (edge counting for few bins, guess + gather for many) agree
-with each other and with the torch path, including values on edges and non-binary targets
-confined to a single tile."""
+"""The hard-binning kernels (few bins: guess with exact fix-up near edges, or counting edges;
+many bins: guess + gather) agree with each other and with the torch path, including values
+on and next to edges and non-binary targets confined to a single tile."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from calibseg import binning as B
 kern = pytest.importorskip("calibseg._kernels")
 
 
-def _stats(kernel, p, y, num_bins, right):
+def _stats(kernel, p, y, num_bins, right, *extra):
     rows = p.shape[0] * p.shape[1]
     int_y = not y.is_floating_point()
     cnt = torch.zeros(rows, num_bins, dtype=torch.int64)
@@ -20,7 +20,7 @@ def _stats(kernel, p, y, num_bins, right):
     sy = torch.zeros(rows, num_bins, dtype=torch.int64 if int_y else torch.float64)
     lo, hi = kern.hard_edges(num_bins, B.bin_edges(num_bins)[1:].numpy(), right)
     p2, y2 = p.reshape(rows, -1).numpy(), y.reshape(rows, -1).numpy()
-    bad = kernel(p2, y2, lo, hi, cnt.numpy(), sp.numpy(), sy.numpy(), 1000)
+    bad = kernel(p2, y2, lo, hi, cnt.numpy(), sp.numpy(), sy.numpy(), 1000, *extra)
     return cnt, sp, sy.double(), bad
 
 
@@ -34,11 +34,18 @@ def test_narrow_kernel_matches_wide_and_torch(num_bins, right, ydtype) -> None:
     p = torch.rand(2, 3, n, generator=g)
     p[..., : num_bins + 1] = edges  # exactly on every edge (the last one is above 1)
     p[..., num_bins + 1 : num_bins + 3] = torch.tensor([0.0, 1.0])
+    # one ulp either side of every edge, in the second tile
+    s = kern.TILE + 20
+    p[..., s : s + num_bins + 1] = torch.nextafter(edges, torch.tensor(0.0))
+    p[..., s + 100 : s + 101 + num_bins] = torch.nextafter(edges, torch.tensor(2.0))
     p = p.clamp(max=1.0)
     y = (torch.rand(2, 3, n, generator=g) < 0.4).to(ydtype)
     y[1, 2, kern.TILE + 5] = 3 if ydtype == torch.uint8 else 0.25  # one non-binary tile
-    narrow = _stats(kern.hard_hist_narrow, p, y, num_bins, right)
     wide = _stats(kern.hard_hist_wide, p, y, num_bins, right)
+    counted = _stats(kern.hard_hist_narrow, p, y, num_bins, right, 0.0)
+    narrow = _stats(kern.hard_hist, p, y, num_bins, right)
+    for a, b in zip(counted, narrow, strict=True):
+        assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
     n_bad_y = 1 if ydtype == torch.uint8 else 0  # 3 is outside [0, 1]; 0.25 is inside
     assert [int(v) for v in narrow[3]] == [int(v) for v in wide[3]] == [0, n_bad_y]
     assert torch.equal(narrow[0], wide[0]) and torch.equal(narrow[2], wide[2])
@@ -54,7 +61,9 @@ def test_narrow_kernel_counts_bad_values() -> None:
     y = torch.ones(1, 2, 3 * kern.TILE)
     p[0, 0, 10], p[0, 1, 700], p[0, 1, 1200] = float("nan"), -0.5, 1.5
     y[0, 1, 3], y[0, 0, 900] = 2.0, float("nan")
-    assert [int(v) for v in _stats(kern.hard_hist_narrow, p, y, 20, False)[3]] == [3, 2]
+    for tau in (0.0, kern.TAU):
+        bad = _stats(kern.hard_hist_narrow, p, y, 20, False, tau)[3]
+        assert [int(v) for v in bad] == [3, 2]
 
 
 def test_dispatch_by_number_of_bins() -> None:
