@@ -433,6 +433,10 @@ def run(fn, *args):
 
     size = args[0].size
     with _LOCK:
-        n = 1 if size < SMALL else min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+        torch_threads = torch.get_num_threads()
+        n = 1 if size < SMALL else min(torch_threads, numba.config.NUMBA_NUM_THREADS)
         numba.set_num_threads(max(1, n))
+        if torch.get_num_threads() != torch_threads:
+            # starting numba's OpenMP pool resets the process-wide OpenMP thread count
+            torch.set_num_threads(torch_threads)
         return fn(*args)

@@ -73,3 +73,39 @@ def test_dispatch_by_number_of_bins() -> None:
         a = _stats(kern.hard_hist, p, y, k, False)
         b = B._compute_bin_stats_torch(p, y, k)
         assert torch.equal(a[0].view(b.shape), b.weight)
+
+
+_THREADS = """
+import numpy as np, torch
+from numba import get_thread_id, njit, prange
+torch.set_num_threads(1)
+from calibseg import _kernels as kern, binning as B
+
+@njit(parallel=True)
+def used(a):
+    out = np.zeros(a.size, np.int64)
+    for i in prange(a.size):
+        out[i] = get_thread_id()
+    return out.max() + 1
+
+p = torch.rand(1, 2, 40000)
+B.compute_bin_stats(p, (p > 0.5).float())
+t1 = torch.get_num_threads()
+big = kern.run(used, np.zeros(4 * kern.SMALL))
+torch.set_num_threads(2)
+print(t1, big, kern.run(used, np.zeros(4 * kern.SMALL)), kern.run(used, np.zeros(10)))
+"""
+
+
+def test_thread_counts_follow_torch_in_a_fresh_process() -> None:
+    """Starting the kernels' thread pool leaves torch's thread count alone; kernels use
+    torch's count on large inputs and one thread on small ones."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
+    out = subprocess.run(
+        [sys.executable, "-c", _THREADS], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.split() == ["1", "1", "2", "1"]
