@@ -30,6 +30,17 @@ def _min_time(fn, repeats: int) -> float:
     return best
 
 
+def _min_cpu_time(fn, repeats: int) -> float:
+    """Min CPU time of the calling thread (one-thread runs: robust to other processes)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.thread_time()
+        fn()
+        best = min(best, time.thread_time() - t)
+    return best
+
+
 def loop_reference(y_pred: torch.Tensor, y: torch.Tensor, num_bins: int = 20):
     """Straightforward per-(image, class) loop: bucketize + bincount + scatter sums."""
     b, c = y_pred.shape[:2]
@@ -80,6 +91,26 @@ def bench_stats(shapes, repeats: int) -> None:
             f"{ms['monai']:>9.1f}{ms['floor']:>8.1f}{t['monai'] / t['numba']:>13.1f}"
             f"{t['loop'] / t['numba']:>12.1f}{t['numba'] / t['floor']:>13.1f}"
         )
+
+
+def bench_stats_cpu(shape, repeats: int) -> None:
+    """One thread, CPU time: the ratio to MONAI without the noise of a shared machine."""
+    from monai.metrics.calibration import calibration_binning
+
+    from calibseg import binning as B
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        p, y = _inputs(shape)
+        ours = _min_cpu_time(lambda: B.compute_bin_stats(p, y), 3 * repeats)
+        monai = _min_cpu_time(lambda: calibration_binning(p, y), max(3, repeats // 2))
+    finally:
+        torch.set_num_threads(threads)
+    print(
+        f"one thread, CPU time on {list(shape)}: numba {ours * 1e3:.1f} ms, "
+        f"MONAI {monai * 1e3:.1f} ms, MONAI/numba {monai / ours:.1f}"
+    )
 
 
 def bench_sums(shape, repeats: int) -> None:
@@ -207,6 +238,7 @@ def main() -> None:
         sums_shape, mem_shape = (2, 4, 96, 96, 96), (1, 16, 256, 256, 128)
     print(f"torch {torch.__version__}, threads {args.threads}, min of {args.repeats} repeats")
     bench_stats(shapes, args.repeats)
+    bench_stats_cpu(shapes[0], args.repeats)
     bench_sums(sums_shape, args.repeats)
     bench_cold(args.threads)
     bench_memory(mem_shape, args.threads)
