@@ -4,10 +4,12 @@ All kernels take row-major 2-D arrays ``[R, N]`` (R = images × classes, N = vox
 work in parallel over units of ``block`` voxels of one row; each unit fills its own
 histogram row, which are reduced at the end (no atomics, no shared writes).
 
-Hard binning uses a branch-free bucketize: a guess ``int(p * K)`` corrected by ±1 with
-comparisons against the exact float32 edges, so indices equal ``torch.bucketize`` on
-float32 values bit for bit. Each unit keeps ``LANES`` interleaved sub-histograms so that
-consecutive voxels falling in the same bin do not serialise on one memory slot.
+Hard binning gives indices equal to ``torch.bucketize`` on float32 values bit for bit. Up to
+``NARROW_BINS`` bins, the bin is ``floor(p K)`` computed in vectorised loops over tiles of
+``TILE`` voxels; a tile holding a value close enough to an inner edge for the guess to be
+off is redone exactly (below). More bins use a branch-free bucketize per voxel: the guess
+corrected by ±1 with comparisons against the exact float32 edges. Units keep interleaved
+sub-histograms so that consecutive voxels in the same bin do not serialise on one slot.
 """
 
 from __future__ import annotations
