@@ -14,3 +14,44 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """moto's threaded S3-compatible HTTP server on a free port of 127.0.0.1; yields its URL."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+S3_SECRET = "testing-secret-value"
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint, monkeypatch):
+    """Point calibseg at the moto server (env vars) and create a fresh bucket; yield its name."""
+    import uuid
+
+    import boto3
+
+    monkeypatch.setenv("CALIBSEG_S3_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = "b-" + uuid.uuid4().hex[:12]
+    boto3.client(
+        "s3",
+        endpoint_url=moto_endpoint,
+        aws_access_key_id="testing-key-id",
+        aws_secret_access_key=S3_SECRET,
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)
+    return bucket

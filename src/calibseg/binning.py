@@ -35,6 +35,7 @@ __all__ = [
     "binned_means",
     "calibration_errors",
     "validate_pair",
+    "check_num_bins",
     "DEFAULT_EMPTY_WEIGHT",
 ]
 
@@ -51,7 +52,7 @@ _KERNEL_Y = (torch.float32, torch.float64, torch.uint8, torch.bool)
 
 def bin_edges(num_bins: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Bin edges ``[num_bins + 1]`` (float32), identical to MONAI's."""
-    _check_num_bins(num_bins)
+    check_num_bins(num_bins)
     return torch.linspace(0.0, 1.0 + _EPS32, num_bins + 1, device=device)
 
 
@@ -61,9 +62,11 @@ def bin_centres(num_bins: int, device: torch.device | str | None = None) -> torc
     return (e[:-1] + e[1:]) / 2
 
 
-def _check_num_bins(num_bins: int) -> None:
+def check_num_bins(num_bins: int) -> int:
+    """Return ``num_bins`` if it is an integer >= 1, else raise ``ValueError``."""
     if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 1:
         raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}.")
+    return num_bins
 
 
 def validate_pair(
@@ -489,7 +492,7 @@ def _binned_sums_reference(
     soft: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Plain-autograd torch implementation of :func:`binned_sums` (CUDA path and reference)."""
-    _check_num_bins(num_bins)
+    check_num_bins(num_bins)
     b, c = y_pred.shape[:2]
     p = y_pred.flatten(2)
     if p.dtype in (torch.float16, torch.bfloat16):
@@ -529,7 +532,7 @@ def binned_sums(
     grad); for hard binning the weight (a count) has no gradient. On CPU a fused numba pass
     (float64 accumulation) with a gather backward; on CUDA one vectorised torch pass.
     """
-    _check_num_bins(num_bins)
+    check_num_bins(num_bins)
     validate_pair(y_pred, y, check_range=False)
     kern = _use_kernels(y_pred, y, num_bins)
     if kern is None or y_pred.numel() == 0:
@@ -571,7 +574,7 @@ def _compute_bin_stats_torch(
     validate: bool = True,
 ) -> BinStats:
     """Torch implementation of :func:`compute_bin_stats` (CUDA path and reference)."""
-    _check_num_bins(num_bins)
+    check_num_bins(num_bins)
     if validate:
         validate_pair(y_pred, y)
     b, c = y_pred.shape[:2]
@@ -620,7 +623,7 @@ def compute_bin_stats(
     contiguous are converted ``chunk_size`` values at a time, so the extra memory stays
     bounded. CUDA tensors use the chunked torch path.
     """
-    _check_num_bins(num_bins)
+    check_num_bins(num_bins)
     validate_pair(y_pred, y, check_range=False)
     kern = _use_kernels(y_pred, y, num_bins)
     if kern is None or y_pred.numel() == 0:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import uuid
 
 import nibabel as nib
 import numpy as np
@@ -63,34 +61,6 @@ def random_labels(n: int, shape=(10, 9, 8), c: int = 3, seed: int = 0) -> list[n
         lab[rng.random(shape) < 0.05] = rng.integers(0, c)
         out.append(lab)
     return out
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_bucket(moto_endpoint, monkeypatch):
-    import boto3
-
-    monkeypatch.setenv("CALIBSEG_S3_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-value")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    bucket = "ev-" + uuid.uuid4().hex[:12]
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(
-        Bucket=bucket
-    )
-    return bucket
 
 
 @pytest.fixture

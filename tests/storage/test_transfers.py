@@ -32,10 +32,10 @@ def _client(endpoint):
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
 
 
-def test_push_pull_roundtrip_skips_identical_incl_multipart(tmp_path, s3_env, moto_endpoint):
+def test_push_pull_roundtrip_skips_identical_incl_multipart(tmp_path, s3_bucket, moto_endpoint):
     src = tmp_path / "src"
     files = _tree(src, big=11 * MIB)  # ≥ 2 parts of 5 MiB → multipart upload (3 parts)
-    url = f"s3://{s3_env}/data"
+    url = f"s3://{s3_bucket}/data"
     res = runner.invoke(app, ["storage", "push", str(src), url, "--part-size", "5"])
     assert res.exit_code == 0, res.output
     assert "uploaded 4 file(s)" in res.output
@@ -48,7 +48,7 @@ def test_push_pull_roundtrip_skips_identical_incl_multipart(tmp_path, s3_env, mo
     ]
     expected = hashlib.md5(b"".join(parts)).hexdigest() + "-3"
     assert listed["big.bin"]["etag"] == expected == storage.file_etag(src / "big.bin", 5 * MIB)
-    head = _client(moto_endpoint).head_object(Bucket=s3_env, Key="data/big.bin")
+    head = _client(moto_endpoint).head_object(Bucket=s3_bucket, Key="data/big.bin")
     assert head["Metadata"]["sha256"] == hashlib.sha256(files["big.bin"]).hexdigest()
 
     res = runner.invoke(app, ["storage", "push", str(src), url, "--part-size", "5"])
@@ -75,7 +75,7 @@ def test_push_pull_roundtrip_skips_identical_incl_multipart(tmp_path, s3_env, mo
 
 
 @pytest.mark.slow
-def test_listing_paginates_beyond_1000_keys_and_rm_requires_yes(tmp_path, s3_env, moto_endpoint):
+def test_listing_paginates_beyond_1000_keys_and_rm_requires_yes(tmp_path, s3_bucket, moto_endpoint):
     n = 1050
     # seed the (in-process) server's store directly: 1,050 HTTP PUTs would take ~10 s here
     from moto.core import DEFAULT_ACCOUNT_ID
@@ -83,33 +83,33 @@ def test_listing_paginates_beyond_1000_keys_and_rm_requires_yes(tmp_path, s3_env
 
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
     for i in range(n):
-        backend.put_object(s3_env, f"many/k{i:05d}.txt", b"x" * (i % 7))
+        backend.put_object(s3_bucket, f"many/k{i:05d}.txt", b"x" * (i % 7))
     client = _client(moto_endpoint)
-    page = client.list_objects_v2(Bucket=s3_env, Prefix="many/")
+    page = client.list_objects_v2(Bucket=s3_bucket, Prefix="many/")
     assert page["IsTruncated"] and page["KeyCount"] == 1000  # the server pages at 1,000
 
-    files = storage.list_files(f"s3://{s3_env}/many")
+    files = storage.list_files(f"s3://{s3_bucket}/many")
     assert len(files) == n and files[-1]["rel"] == f"k{n - 1:05d}.txt"
     assert sum(e["size"] for e in files) == sum(i % 7 for i in range(n))
-    res = runner.invoke(app, ["storage", "ls", f"s3://{s3_env}/many/"])
+    res = runner.invoke(app, ["storage", "ls", f"s3://{s3_bucket}/many/"])
     assert res.exit_code == 0 and f"{n} file(s)" in res.output
 
-    res = runner.invoke(app, ["storage", "rm", f"s3://{s3_env}/many"])
+    res = runner.invoke(app, ["storage", "rm", f"s3://{s3_bucket}/many"])
     assert res.exit_code == 1
     assert res.output.count("would delete") == n and "without --yes" in res.output
-    assert len(storage.list_files(f"s3://{s3_env}/many")) == n  # nothing deleted
+    assert len(storage.list_files(f"s3://{s3_bucket}/many")) == n  # nothing deleted
 
-    res = runner.invoke(app, ["storage", "rm", f"s3://{s3_env}/many", "--yes"])
+    res = runner.invoke(app, ["storage", "rm", f"s3://{s3_bucket}/many", "--yes"])
     assert res.exit_code == 0 and f"deleted {n} file(s)" in res.output
-    assert client.list_objects_v2(Bucket=s3_env, Prefix="many/")["KeyCount"] == 0
+    assert client.list_objects_v2(Bucket=s3_bucket, Prefix="many/")["KeyCount"] == 0
 
 
-def test_interrupted_push_fails_cleanly_and_retry_completes(tmp_path, s3_env, monkeypatch):
+def test_interrupted_push_fails_cleanly_and_retry_completes(tmp_path, s3_bucket, monkeypatch):
     from botocore.exceptions import ConnectionClosedError
 
     src = tmp_path / "src"
     files = _tree(src)
-    url = f"s3://{s3_env}/run"
+    url = f"s3://{s3_bucket}/run"
     fs, _ = storage.filesystem(url)
     real_put = fs.put_file  # s3fs instances are cached: calibseg gets this same object
     calls = {"n": 0}
@@ -133,12 +133,12 @@ def test_interrupted_push_fails_cleanly_and_retry_completes(tmp_path, s3_env, mo
     assert {e["rel"] for e in storage.list_files(url)} == set(files)
 
 
-def test_missing_bucket_and_refused_connection_are_one_line_errors(s3_env, monkeypatch):
+def test_missing_bucket_and_refused_connection_are_one_line_errors(s3_bucket, monkeypatch):
     res = runner.invoke(app, ["storage", "ls", "s3://no-such-bucket-xyz/a"])
     assert res.exit_code != 0 and isinstance(res.exception, FileNotFoundError)
     assert "bucket 'no-such-bucket-xyz' does not exist" in str(res.exception)
 
-    res = runner.invoke(app, ["storage", "ls", f"s3://{s3_env}/nothing-here"])
+    res = runner.invoke(app, ["storage", "ls", f"s3://{s3_bucket}/nothing-here"])
     assert isinstance(res.exception, FileNotFoundError)
     assert "no such file or folder" in str(res.exception)
 
@@ -149,14 +149,14 @@ def test_missing_bucket_and_refused_connection_are_one_line_errors(s3_env, monke
         port = s.getsockname()[1]  # closed once the block exits → connection refused
     monkeypatch.setenv("CALIBSEG_S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("CALIBSEG_S3_MAX_ATTEMPTS", "1")
-    res = runner.invoke(app, ["storage", "ls", f"s3://{s3_env}/x"])
+    res = runner.invoke(app, ["storage", "ls", f"s3://{s3_bucket}/x"])
     assert isinstance(res.exception, ConnectionError)
     msg = str(res.exception)
     assert "cannot reach the S3 endpoint" in msg and str(port) in msg and "\n" not in msg
 
 
 def test_wrong_credentials_rejected_without_leaking_them(
-    tmp_path, s3_env, moto_endpoint, monkeypatch
+    tmp_path, s3_bucket, moto_endpoint, monkeypatch
 ):
     import json
 
@@ -175,11 +175,11 @@ def test_wrong_credentials_rejected_without_leaking_them(
         key = iam.create_access_key(UserName="u")["AccessKey"]
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
-        storage.write_text(f"s3://{s3_env}/ok.txt", "fine")
-        assert storage.read_text(f"s3://{s3_env}/ok.txt") == "fine"
+        storage.write_text(f"s3://{s3_bucket}/ok.txt", "fine")
+        assert storage.read_text(f"s3://{s3_bucket}/ok.txt") == "fine"
 
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "definitely-wrong-secret")
-        res = runner.invoke(app, ["storage", "ls", f"s3://{s3_env}/"])
+        res = runner.invoke(app, ["storage", "ls", f"s3://{s3_bucket}/"])
         assert res.exit_code != 0 and isinstance(res.exception, PermissionError)
         msg = str(res.exception)
         assert "AWS_SECRET_ACCESS_KEY" in msg and "definitely-wrong-secret" not in msg
@@ -188,7 +188,7 @@ def test_wrong_credentials_rejected_without_leaking_them(
         requests.post(moto_endpoint + "/moto-api/reset-auth", data=b"inf", timeout=10)
 
 
-def test_cli_error_is_one_red_line_and_nonzero_exit(s3_env, monkeypatch):
+def test_cli_error_is_one_red_line_and_nonzero_exit(s3_bucket, monkeypatch):
     """Through the real entry point: user errors print one line on stderr, exit code 1."""
     import sys
 
@@ -197,16 +197,16 @@ def test_cli_error_is_one_red_line_and_nonzero_exit(s3_env, monkeypatch):
 
     lines: list[str] = []
     monkeypatch.setattr(common.err_console, "print", lambda m, **k: lines.append(m))
-    monkeypatch.setattr(sys, "argv", ["calibseg", "storage", "rm", f"s3://{s3_env}/missing"])
+    monkeypatch.setattr(sys, "argv", ["calibseg", "storage", "rm", f"s3://{s3_bucket}/missing"])
     with pytest.raises(SystemExit) as e:
         main()
     assert e.value.code == 1
     assert len(lines) == 1 and "no such file or folder" in lines[0]
 
 
-def test_remote_reads_go_through_cache_and_writes_are_atomic(tmp_path, s3_env, monkeypatch):
+def test_remote_reads_go_through_cache_and_writes_are_atomic(tmp_path, s3_bucket, monkeypatch):
     monkeypatch.setenv("CALIBSEG_CACHE", str(tmp_path / "cache"))
-    url = f"s3://{s3_env}/f/x.bin"
+    url = f"s3://{s3_bucket}/f/x.bin"
     storage.write_bytes(url, b"abc")
     with storage.local_path(url) as p:
         assert p.startswith(str(tmp_path / "cache")) and open(p, "rb").read() == b"abc"
@@ -214,19 +214,21 @@ def test_remote_reads_go_through_cache_and_writes_are_atomic(tmp_path, s3_env, m
     with storage.local_path(url) as p:
         assert open(p, "rb").read() == b"abcd"
 
-    with pytest.raises(RuntimeError), storage.local_output(f"s3://{s3_env}/f/half.bin") as tmp:
+    with pytest.raises(RuntimeError), storage.local_output(f"s3://{s3_bucket}/f/half.bin") as tmp:
         with open(tmp, "wb") as f:
             f.write(b"partial")
         raise RuntimeError("crash while writing")
-    assert not storage.exists(f"s3://{s3_env}/f/half.bin")
+    assert not storage.exists(f"s3://{s3_bucket}/f/half.bin")
 
 
-def test_interrupted_pull_leaves_no_partial_file_and_retry_completes(tmp_path, s3_env, monkeypatch):
+def test_interrupted_pull_leaves_no_partial_file_and_retry_completes(
+    tmp_path, s3_bucket, monkeypatch
+):
     from botocore.exceptions import ResponseStreamingError
 
     src = tmp_path / "src"
     files = _tree(src)
-    url = f"s3://{s3_env}/p"
+    url = f"s3://{s3_bucket}/p"
     storage.push(src, url)
     fs, _ = storage.filesystem(url)
     real_get = fs.get_file

@@ -4,8 +4,6 @@ through the local cache, run folders are staged locally and uploaded, reruns res
 from __future__ import annotations
 
 import os
-import socket
-import uuid
 
 import nibabel as nib
 import numpy as np
@@ -24,35 +22,11 @@ TINY = {
 SECRET = "testing-secret-value"
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    """moto's threaded S3 server on a free local port."""
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3_bucket(moto_endpoint, monkeypatch, tmp_path):
-    """A fresh bucket on the moto server, calibseg pointed at it, a private cache folder."""
-    import boto3
-
-    monkeypatch.setenv("CALIBSEG_S3_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+def s3_bucket(s3_bucket, monkeypatch, tmp_path):
+    """The shared moto bucket plus a private cache folder."""
     monkeypatch.setenv("CALIBSEG_CACHE", str(tmp_path / "cache"))
-    bucket = "tr-" + uuid.uuid4().hex[:12]
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(
-        Bucket=bucket
-    )
-    return bucket
+    return s3_bucket
 
 
 def test_cache_remoted_replaces_urls_only(tmp_path, s3_bucket):

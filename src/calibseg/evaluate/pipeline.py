@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from calibseg import storage
+from calibseg.binning import check_num_bins
 
 __all__ = ["evaluate_run", "evaluate_case", "REGION_DATASETS", "next_free_dir", "METRICS"]
 
@@ -257,8 +258,7 @@ def evaluate_run(
     """
     from calibseg.distributed import map_cases, resolve_mode
 
-    if not isinstance(num_bins, int) or num_bins < 1:
-        raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}.")
+    check_num_bins(num_bins)
     resolve_mode(scheduler, workers)
     bundle = str(bundle).rstrip("/")
     items, class_names, dataset = _read_bundle(bundle)

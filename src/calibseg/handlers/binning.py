@@ -16,7 +16,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers.utils import from_engine
 
-from calibseg.binning import BinStats, compute_bin_stats
+from calibseg.binning import BinStats, check_num_bins, compute_bin_stats
 from calibseg.metrics.reliability import binning_tensor, stats_from_binning_tensor
 
 __all__ = ["BinningDataHandler", "ITERATION_KEY", "RUNNING_KEY", "AGGREGATED_KEY"]
@@ -146,8 +146,7 @@ class BinningDataHandler:
         right: bool = False,
         output_transform: Callable[[Any], tuple[Any, Any]] | None = None,
     ) -> None:
-        if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 1:
-            raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}.")
+        check_num_bins(num_bins)
         self.num_bins = num_bins
         self.right = right
         self.output_transform = output_transform or default_transform()

@@ -26,7 +26,7 @@ from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 
 from calibseg import storage
-from calibseg.binning import BinStats
+from calibseg.binning import BinStats, check_num_bins
 from calibseg.handlers.binning import (
     bin_output,
     case_names_of,
@@ -167,8 +167,7 @@ class CaseStatsCollector:
         output_transform: Callable[[Any], tuple[Any, Any]] | None = None,
         case_name_transform: Callable[[Any], Sequence[str]] | None = None,
     ) -> None:
-        if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 1:
-            raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}.")
+        check_num_bins(num_bins)
         if when not in ("epoch", "run"):
             raise ValueError(f"when must be 'epoch' or 'run', got {when!r}.")
         self.num_bins = num_bins

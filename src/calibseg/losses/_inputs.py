@@ -12,13 +12,6 @@ from monai.networks import one_hot
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def check_num_bins(num_bins: int) -> int:
-    """Return ``num_bins`` if it is an integer >= 1, else raise ``ValueError``."""
-    if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 1:
-        raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}.")
-    return num_bins
-
-
 def check_activation(sigmoid: bool, softmax: bool, other_act: Callable | None) -> None:
     """MONAI's rule: at most one of sigmoid / softmax / other_act, other_act callable."""
     if other_act is not None and not callable(other_act):

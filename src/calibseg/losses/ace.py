@@ -16,11 +16,16 @@ import torch
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from calibseg.binning import DEFAULT_EMPTY_WEIGHT, binned_means, binned_sums, validate_pair
+from calibseg.binning import (
+    DEFAULT_EMPTY_WEIGHT,
+    binned_means,
+    binned_sums,
+    check_num_bins,
+    validate_pair,
+)
 from calibseg.losses._inputs import (
     activate,
     check_activation,
-    check_num_bins,
     check_same_ndim,
     check_unit_range,
     class_weight_tensor,

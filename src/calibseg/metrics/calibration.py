@@ -23,7 +23,7 @@ from monai.metrics.metric import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction, ignore_background
 from monai.utils import MetricReduction
 
-from calibseg.binning import BinStats, compute_bin_stats
+from calibseg.binning import BinStats, check_num_bins, compute_bin_stats
 
 __all__ = [
     "CalibrationReduction",
@@ -105,8 +105,7 @@ class CalibrationErrorMetric(CumulativeIterationMetric):
         right: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 1:
-            raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}.")
+        check_num_bins(num_bins)
         try:
             self.calibration_reduction = CalibrationReduction(calibration_reduction)
         except ValueError:
@@ -188,8 +187,7 @@ class CalibrationAccumulator:
         right: bool = False,
         keep_cases: bool = True,
     ) -> None:
-        if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 1:
-            raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}.")
+        check_num_bins(num_bins)
         self.num_bins = num_bins
         self.include_background = include_background
         self.right = right

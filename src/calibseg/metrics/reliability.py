@@ -16,7 +16,7 @@ import torch
 from monai.metrics.metric import CumulativeIterationMetric
 from monai.metrics.utils import ignore_background
 
-from calibseg.binning import BinStats, compute_bin_stats
+from calibseg.binning import BinStats, check_num_bins, compute_bin_stats
 
 __all__ = [
     "calculate_heatmap_from_bins",
@@ -43,8 +43,7 @@ def calculate_heatmap_from_bins(mean_gt: torch.Tensor, num_bins: int | None = No
         raise ValueError(f"mean_gt must be a tensor [N, C, K], got {shape}.")
     n, c, k = mean_gt.shape
     j = k if num_bins is None else num_bins
-    if not isinstance(j, int) or isinstance(j, bool) or j < 1:
-        raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}.")
+    check_num_bins(j)
     v = mean_gt.detach()
     valid = ~torch.isnan(v)
     if bool(((v < 0) | (v > 1))[valid].any()):
@@ -119,8 +118,7 @@ class ReliabilityDiagramMetric(CumulativeIterationMetric):
         figure_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 1:
-            raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}.")
+        check_num_bins(num_bins)
         if (draw_case_diagrams or draw_dataset_diagrams) and not output_dir:
             raise ValueError("drawing reliability diagrams needs output_dir (a folder or URL).")
         if fmt not in ("png", "pdf"):
