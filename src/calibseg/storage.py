@@ -634,18 +634,8 @@ def pull(
             result.copied = [e["rel"] for e in todo]
             return result
         for e in todo:
-            target = os.path.join(base, e["rel"])
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{os.path.basename(target)}.", suffix=".part", dir=os.path.dirname(target)
-            )
-            os.close(fd)
-            try:
+            with local_output(os.path.join(base, e["rel"])) as tmp:
                 fs.get_file(e["path"].split("://", 1)[1], tmp, callback=_byte_callback(on_bytes))
-                _publish(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
             result.copied.append(e["rel"])
             result.bytes += e["size"]
     return result
