@@ -80,13 +80,15 @@ class _ACECompound(_Loss):
             self.ce_weight = _check_weight("ce_weight", ce_weight)
             self.ce = CrossEntropyLoss(**(ce_params or {}))
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, target: torch.Tensor, ace: bool = True) -> torch.Tensor:
         """Weighted sum of the parts.
 
         Args:
             input: logits ``[B, C, *spatial]``.
             target: class indices ``[B, 1, *spatial]`` with ``to_onehot_y=True``, else one-hot or
                 soft labels ``[B, C, *spatial]``.
+            ace: False leaves the ACE term out (the baseline part alone), e.g. at the coarse
+                levels of deep supervision (see :class:`calibseg.losses.ACEDeepSupervisionLoss`).
 
         Returns:
             ``ace_weight * ACE (+ dice_weight * Dice) (+ ce_weight * CE)``, each part reduced
@@ -95,9 +97,11 @@ class _ACECompound(_Loss):
         check_same_ndim(input, target)
         labels = prepare_target(target, input.shape[1], self.to_onehot_y)
         probs = None
-        if self._ace_shared or self._dice_shared:
+        if (ace and self._ace_shared) or self._dice_shared:
             probs = activate(input, sigmoid=False, softmax=True, other_act=None)
-        total = self.ace_weight * self.ace(probs if self._ace_shared else input, labels)
+        total = torch.zeros((), dtype=input.dtype, device=input.device)
+        if ace:
+            total = self.ace_weight * self.ace(probs if self._ace_shared else input, labels)
         if self.dice is not None:
             dice_in = probs if self._dice_shared else input
             total = total + self.dice_weight * self.dice(dice_in, labels.to(dice_in.dtype))
