@@ -44,7 +44,9 @@ def test_apply_keeps_argmax_and_sums_to_one_on_volumes():
     assert q.max() < p.max()  # T > 1 softens
     # the by-hand definition on one voxel: softmax(log p / T)
     v = p[0, :, 0, 0, 0].double()
-    torch.testing.assert_close(q[0, :, 0, 0, 0].double(), torch.softmax(v.log() / 1.7, 0), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        q[0, :, 0, 0, 0].double(), torch.softmax(v.log() / 1.7, 0), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_volume_layout_matches_flat_layout():

@@ -27,6 +27,7 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("calibseg.cli.report", None),
     ("calibseg.cli.storage", "storage"),
     ("calibseg.cli.demo", None),
+    ("calibseg.cli.study", None),
 ]
 
 for _module, _name in _GROUPS:
