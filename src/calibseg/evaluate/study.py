@@ -58,6 +58,8 @@ class StudySettings:
         patience: validations without a Dice gain before stopping (0: no early stopping).
         temperature: ``"scalar"`` (one temperature per model), ``"per_class"`` or ``"none"``.
         num_bins: calibration bins of the evaluation.
+        threads_per_run: torch threads of each run (None: torch's default). One thread per run
+            makes a run's numbers independent of the machine's core count.
     """
 
     data: str = "synthetic"
@@ -68,6 +70,7 @@ class StudySettings:
     patience: int = 10
     temperature: str = "scalar"
     num_bins: int = 20
+    threads_per_run: int | None = None
 
     def check(self) -> None:
         """Raise ValueError for settings a study cannot run."""
@@ -192,6 +195,10 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     from calibseg.bundles.runner import predict, train
 
     bundle, loss, seed = task["bundle"], task["loss"], int(task["seed"])
+    if task.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(task["threads"]))
     run_name = f"seed_{seed}"
     run = storage.join(bundle, run_name)
     marker = storage.join(run, _DONE)
@@ -285,6 +292,7 @@ def run_study(
             "patience": int(s.patience),
             "temperature": s.temperature,
             "num_bins": int(s.num_bins),
+            "threads": s.threads_per_run,
         }
         for seed in s.seeds
         for loss in s.losses
