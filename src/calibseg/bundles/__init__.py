@@ -40,7 +40,7 @@ LOSSES: tuple[str, ...] = tuple(
     f"{kind}_{base}"
     for kind in ("baseline", "hardl1ace", "softl1ace")
     for base in ("ce", "dice", "dice_ce")
-)
+) + tuple(f"{kind}_dice_ce_paper" for kind in ("baseline", "hardl1ace", "softl1ace"))
 
 # merge order for ConfigParser (later files override earlier keys); debug.yaml only with --debug
 CONFIG_FILES: tuple[str, ...] = (
