@@ -69,7 +69,10 @@ def test_empty_masks_follow_monai() -> None:
     ours = compute_hausdorff_distance(pred, gt, include_background=True)
     ref = _monai(pred, gt, None)
     both_empty = compute_hausdorff_distance(gt[:, :1] * 0, gt[:, :1] * 0, include_background=True)
-    assert torch.isnan(both_empty).all() and torch.isnan(_monai(gt[:, :1] * 0, gt[:, :1] * 0, None)).all()
+    assert (
+        torch.isnan(both_empty).all()
+        and torch.isnan(_monai(gt[:, :1] * 0, gt[:, :1] * 0, None)).all()
+    )
     torch.testing.assert_close(ours, ref, equal_nan=True, rtol=0, atol=0)
 
 
