@@ -5,7 +5,6 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-export OMP_NUM_THREADS ?= 2
 export MPLBACKEND := Agg
 
 .PHONY: venv demo test test-fast lint format bench clean
@@ -38,7 +37,8 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_binning.py
-	$(PY) benchmarks/bench_losses.py
+	$(PY) benchmarks/bench_losses.py --train-step
+	$(PY) benchmarks/bench_evaluate.py --breakdown
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -91,9 +91,10 @@ def evaluate_case(
         absent from the ground truth)}`` as numpy arrays (small; cheap to send back).
     """
     import torch
-    from monai.metrics import compute_dice, compute_hausdorff_distance
+    from monai.metrics import compute_dice
 
     from calibseg.binning import compute_bin_stats
+    from calibseg.metrics.surface_distance import compute_hausdorff_distance  # MONAI's values
 
     case = str(task["case"])
     label, spacing = _load_nifti(task["label"])
