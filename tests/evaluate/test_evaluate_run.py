@@ -31,7 +31,7 @@ def test_perfect_prediction_gives_dice_one_zero_calibration_error(fake, tmp_path
         assert c["missing_cases"] == 0
     df = pd.read_csv(os.path.join(out, "cases.csv"))
     assert list(df.columns) == ["case", "class", "metric", "value"]
-    assert len(df) == 3 * 3 * 6
+    assert len(df) == 3 * 3 * 8
     stats, cases, classes = load_bin_stats(os.path.join(out, "bin_stats.npz"))
     assert cases == ["case_00", "case_01", "case_02"] and classes == NAMES
     # every voxel lands in exactly one bin of each class
@@ -61,7 +61,10 @@ def test_constant_probabilities_macro_and_micro_match_hand_computation(fake, no_
     n = labels[0].size
     dice_bg = [2 * np.sum(lab == 0) / (np.sum(lab == 0) + n) for lab in labels]
     assert s["classes"]["background"]["dice"]["mean"] == pytest.approx(np.mean(dice_bg))
-    assert s["classes"]["liver"]["dice"] == {"mean": 0.0, "std": 0.0, "n": 2}  # case 2: NaN
+    # liver: predicted nowhere; cases 0, 1 miss it (0), case 2 has none to find (1)
+    assert s["classes"]["liver"]["dice"] == pytest.approx(
+        {"mean": 1 / 3, "std": np.std([0, 0, 1]), "n": 3}
+    )
     assert s["classes"]["liver"]["missing_cases"] == 1
     df = pd.read_csv(os.path.join(s["output_dir"], "cases.csv"))
     miss = df[(df.case == "case_02") & (df.metric == "missing")].set_index("class").value
@@ -76,6 +79,56 @@ def test_hd95_uses_voxel_spacing(fake, no_figures, tmp_path):
     s = evaluate_run(bundle, progress=False)
     assert s["classes"]["organ"]["hd95"]["mean"] == pytest.approx(fake.SPACING[0])
     assert s["classes"]["organ"]["dice"]["mean"] == pytest.approx(2 * 100 / 250)
+
+
+def test_missed_and_hallucinated_structures_cost_the_image_diagonal(fake, no_figures, tmp_path):
+    shape = (12, 10, 8)
+    found = np.zeros(shape, np.uint8)
+    found[3:8, 3:8, 2:6] = 1
+    missed = found.copy()  # the organ is there, the prediction is all background
+    empty = np.zeros(shape, np.uint8)  # no organ, the prediction draws one
+    labels = [found, missed, empty]
+    preds = [found, np.zeros(shape, np.uint8), found]
+    bundle = fake.make_run(
+        tmp_path, labels, [fake.one_hot_last(p, 2) for p in preds], ["background", "organ"]
+    )
+    s = evaluate_run(bundle, progress=False)
+    # the largest distance in the image: ((12−1)·1.5, (10−1)·1, (8−1)·2) mm
+    diag = np.sqrt((11 * 1.5) ** 2 + 9**2 + 14**2)
+    organ = s["classes"]["organ"]
+    assert organ["hd95"] == pytest.approx(
+        {
+            "mean": 2 * diag / 3,
+            "std": np.std([0, diag, diag]),
+            "n": 3,
+            "missed": 1,
+            "hallucinated": 1,
+        }
+    )
+    # Dice as in validation (ignore_empty=False): found 1, missed 0, hallucinated 0
+    assert organ["dice"] == pytest.approx({"mean": 1 / 3, "std": np.std([1, 0, 0]), "n": 3})
+    df = pd.read_csv(os.path.join(s["output_dir"], "cases.csv"))
+    org = df[df["class"] == "organ"].pivot(index="case", columns="metric", values="value")
+    assert org["missed"].tolist() == [0.0, 1.0, 0.0]
+    assert org["hallucinated"].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_dice_empty_class_convention_is_the_validation_one():
+    """Validation (the bundle's DiceMetric) and evaluation score empty classes alike."""
+    from importlib import resources
+
+    import torch
+    import yaml
+    from monai.metrics import compute_dice
+
+    tpl = resources.files("calibseg.bundles").joinpath("templates", "configs", "validation.yaml")
+    cfg = yaml.safe_load(tpl.read_text())
+    ignore_empty = cfg["dice_metric"]["ignore_empty"]
+    assert ignore_empty is False
+    # both empty → 1, hallucinated → 0: what evaluate reports (test above)
+    none, some = torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4)
+    assert compute_dice(none, none, ignore_empty=ignore_empty).item() == 1.0
+    assert compute_dice(some, none, ignore_empty=ignore_empty).item() == 0.0
 
 
 def test_second_evaluation_goes_to_a_new_folder(fake, no_figures, tmp_path):

@@ -9,6 +9,7 @@ from calibseg.metrics.error_detection import (
     aurc,
     case_aurc,
     eaurc,
+    optimal_aurc,
     roc_auc,
     voxel_error_detection,
 )
@@ -35,12 +36,35 @@ def test_aurc_matches_textbook_loop_and_ideal_is_zero_excess():
     conf = rng.random(200)
     risk = (rng.random(200) > conf).astype(float)
     assert aurc(conf, risk) == pytest.approx(_aurc_loop(conf, risk), abs=1e-12)
-    assert eaurc(-risk, risk) == pytest.approx(0.0, abs=1e-12)
+    # a perfect ranking with distinct confidences: errors least confident
+    perfect = -risk + 1e-3 * rng.random(200)
+    assert eaurc(perfect, risk) == pytest.approx(0.0, abs=1e-12)
     assert eaurc(conf, risk) > 0
     # hand example: risks [0, 1] accepted in that order → (0 + 1/2)/2; reversed → (1 + 1/2)/2
     assert aurc([0.9, 0.1], [0, 1]) == pytest.approx(0.25)
     assert aurc([0.1, 0.9], [0, 1]) == pytest.approx(0.75)
     assert eaurc([0.1, 0.9], [0, 1]) == pytest.approx(0.5)
+
+
+def test_eaurc_worked_example_by_hand():
+    # accepted in order 0.9, 0.8, 0.7, 0.6 → risks 0, 1, 0, 1; selective risks 0, 1/2, 1/3, 1/2
+    conf, risk = [0.9, 0.8, 0.7, 0.6], [0, 1, 0, 1]
+    assert aurc(conf, risk) == pytest.approx(1 / 3, abs=1e-12)
+    # optimum accepts 0, 0, 1, 1 one at a time: selective risks 0, 0, 1/3, 1/2 → 5/24
+    assert optimal_aurc(risk) == pytest.approx(5 / 24, abs=1e-12)
+    assert eaurc(conf, risk) == pytest.approx(1 / 8, abs=1e-12)
+    # perfect ranking of the same risks: E-AURC exactly 0 (the tie-group optimum gave −1/24)
+    assert eaurc([0.9, 0.7, 0.8, 0.6], risk) == pytest.approx(0.0, abs=1e-12)
+    # ties in the confidence cannot reach the optimum: all tied → AURC = mean risk = 1/2
+    assert eaurc([0.5] * 4, risk) == pytest.approx(1 / 2 - 5 / 24, abs=1e-12)
+
+
+def test_optimal_aurc_matches_loop_over_coverages():
+    rng = np.random.default_rng(3)
+    risk = (rng.random(300) < 0.1).astype(float)
+    loop = np.mean([np.sort(risk)[:k].mean() for k in range(1, risk.size + 1)])
+    assert optimal_aurc(risk) == pytest.approx(loop, abs=1e-12)
+    assert math.isnan(optimal_aurc([]))
 
 
 def test_aurc_ties_accepted_together():

@@ -37,14 +37,31 @@ def test_compute_and_compare_cli(synth_multirater, tmp_path):
     df = pd.read_csv(out, dtype={"case": str, "rater": str})
     assert list(df.columns) == COLUMNS
     assert set(df["model"]) == {"good", "poor"}
+    # the table records the region and bins each model was computed with
+    settings = df.groupby("model")[["region", "num_bins"]].agg(set)
+    assert settings.loc["good"].to_dict() == {"region": {"whole"}, "num_bins": {20}}
+    assert settings.loc["poor"].to_dict() == {"region": {"dilated"}, "num_bins": {20}}
+    # models computed in different regions are not compared (exit 1, one clear message)
+    r = runner.invoke(app, ["metrics", "compare", out, "--a", "poor", "--b", "good"])
+    assert r.exit_code != 0 and "different region / num_bins" in str(r.exception)
+    assert "region=dilated" in str(r.exception) and "region=whole" in str(r.exception)
+    # appending the same model in another region keeps both
+    r = runner.invoke(
+        app, ["metrics", "compute", "--pred", poor, "--raters", ds, "--out", out, "--append"]
+    )
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out, dtype={"case": str, "rater": str})
+    assert set(df.loc[df.model == "poor", "region"]) == {"whole", "dilated"}
     assert set(df["class"]) >= {"organ", "vessel", "lesion", "all"}
     per_case = df[(df.metric == "dice") & (df.rater == "1") & (df["class"] == "organ")]
+    per_case = per_case[per_case.region == "whole"]
     assert len(per_case) == 6  # 3 cases × 2 models
     summary = pd.read_csv(str(tmp_path / "metrics_summary.csv"))
     row = summary[(summary.model == "good") & (summary.metric == "dice") & (summary.rater == "1")]
+    assert len(row) == 1
     assert row["organ"].iloc[0] == pytest.approx(per_case[per_case.model == "good"]["value"].mean())
     assert int(row["n_cases"].iloc[0]) == 3
-    assert len(df[(df.case == "ALL") & (df.metric == "aurc_case")]) == 2
+    assert len(df[(df.case == "ALL") & (df.metric == "aurc_case")]) == 3
     # both are made from rater 1's labels, "good" with a 4× stronger signal: closer to rater 1
     d = per_case.groupby("model")["value"].mean()
     assert d["good"] > d["poor"]
@@ -70,6 +87,7 @@ def test_compute_and_compare_cli(synth_multirater, tmp_path):
     assert r.exit_code == 0, r.output
     cmp = pd.read_csv(tmp_path / "cmp.csv")
     assert set(cmp["n_cases"]) == {3}
+    assert set(cmp["region"]) == {"whole"} and set(cmp["num_bins"]) == {20}
 
 
 def test_curvas_layout_and_errors(synth_multirater, tmp_path):

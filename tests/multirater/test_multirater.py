@@ -1,4 +1,5 @@
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -259,3 +260,32 @@ def test_case_metrics_perfect_prediction_and_errors(raters):
         mr.case_metrics(prob, same + 5, (1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="grid"):
         mr.case_metrics(prob, same[:, :3], (1.0, 1.0, 1.0))
+
+
+def test_fleiss_kappa_tiny_foreground_is_finite_and_exact():
+    # a small lesion in a large CT: N items, 3 raters; N − 5 all background, 4 all foreground,
+    # 1 split 1 bg / 2 fg. By hand: 1 − P̄ = (2/3)/N, p_fg = 14/(3N), 1 − Pe = 2 p (1 − p), so
+    # κ = 1 − (1/(3N)) / (p (1 − p)) = 1 − 3N / (14 (3N − 14)).
+    n_items = 2_000_000
+    counts = np.zeros((n_items, 2))
+    counts[:, 0] = 3
+    counts[:4] = [0, 3]
+    counts[4] = [1, 2]
+    expected = 1 - Fraction(3 * n_items, 14 * (3 * n_items - 14))
+    assert mr.fleiss_kappa_from_counts(counts) == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_case_metrics_fleiss_kappa_follows_the_region():
+    # 2 raters on a 4×1×1 strip: they agree on voxels 0, 1 (labels 0 and 1) and disagree on
+    # voxels 2, 3. Whole image: P̄ = 1/2, p = (1/2, 1/2) → κ = 0. Region {0, 1}: perfect → 1.
+    labels = torch.tensor([[0, 1, 0, 1], [0, 1, 1, 0]]).view(2, 4, 1, 1)
+    prob = _onehot(labels[0], 2)
+    region = torch.tensor([True, True, False, False]).view(4, 1, 1)
+    whole = mr.case_metrics(prob, labels, (1.0, 1.0, 1.0))
+    inside = mr.case_metrics(prob, labels, (1.0, 1.0, 1.0), region=region)
+
+    def kappa(rows):
+        return next(r["value"] for r in rows if r["metric"] == "fleiss_kappa")
+
+    assert kappa(whole) == pytest.approx(0.0, abs=1e-12)
+    assert kappa(inside) == pytest.approx(1.0)

@@ -71,3 +71,34 @@ def test_compare_models_pairs_cases_and_averages_members_per_case():
     assert r["ci_low"] > 0
     with pytest.raises(ValueError, match="model\\(s\\) nope"):
         compare_models(df, "nope", "ens", "dice_consensus")
+
+
+def test_compare_models_never_averages_groups_and_keeps_regions_apart():
+    cols = ["case", "model", "group", "region", "num_bins", "class", "rater", "metric", "value"]
+    rows = []
+    ens = [0.80, 0.70, 0.90, 0.85]
+    m_global = [0.70, 0.60, 0.80, 0.75]  # model "m" as a member of the global ensemble
+    m_local = [0.10, 0.20, 0.10, 0.20]  # the same name in another group: must not mix in
+    for i in range(4):
+        for region, shift in (("whole", 0.0), ("dilated", 0.05)):
+            rows.append((f"c{i}", "ens", "ensemble", region, 20, "organ", "1", "dice", ens[i]))
+            rows.append(
+                (f"c{i}", "m", "global", region, 20, "organ", "1", "dice", m_global[i] + shift)
+            )
+            rows.append((f"c{i}", "m", "local", region, 20, "organ", "1", "dice", m_local[i]))
+    df = pd.DataFrame(rows, columns=cols)
+    with pytest.raises(ValueError, match="groups 'global', 'local'.*m@<group>"):
+        compare_models(df, "m", "ens", "dice")
+    res = compare_models(df, "m@global", "ens", "dice", n_boot=200).set_index("region")
+    assert sorted(res.index) == ["dilated", "whole"]
+    # by hand: whole differences 0.1 each → 0.1; dilated 0.05 each → 0.05
+    assert res.loc["whole", "mean_diff"] == pytest.approx(0.10)
+    assert res.loc["dilated", "mean_diff"] == pytest.approx(0.05)
+    assert (res["n_cases"] == 4).all() and (res["num_bins"] == 20).all()
+    with pytest.raises(ValueError, match="no 'dice' rows in group 'nope'"):
+        compare_models(df, "m@nope", "ens", "dice")
+
+
+def test_bootstrap_ci_needs_two_cases():
+    assert all(math.isnan(v) for v in bootstrap_ci([0.3]))
+    assert all(math.isnan(v) for v in bootstrap_ci([]))

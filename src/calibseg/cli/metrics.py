@@ -39,7 +39,9 @@ def compute(
     dilation: int = typer.Option(3, help="Dilation iterations of the rater union (voxels)."),
     num_bins: int = typer.Option(20, help="Bins of the classwise ECE/ACE/MCE."),
     class_names: str | None = typer.Option(None, help="Comma-separated names, background first."),
-    append: bool = typer.Option(False, help="Add to an existing table (replacing this model)."),
+    append: bool = typer.Option(
+        False, help="Add to an existing table (replacing this model's rows of this region/bins)."
+    ),
     scheduler: str | None = typer.Option(None, help="Dask scheduler address to fan cases out."),
     workers: int | None = typer.Option(None, help="Local Dask workers (default: in-process)."),
 ) -> None:
@@ -78,13 +80,16 @@ def compute(
                 f"{out} is not a calibseg metrics table (columns {list(old.columns)})."
             )
         old["group"] = old["group"].fillna("").astype(str)
-        old = old[~((old["model"] == model_name) & (old["group"] == group))]
+        same = (old["model"] == model_name) & (old["group"] == group)
+        same &= (old["region"] == region) & (old["num_bins"] == num_bins)
+        old = old[~same]
         df = pd.concat([old, df], ignore_index=True)
     summary = summarise(df)
     storage.write_text(out, df.to_csv(index=False))
     storage.write_text(_summary_path(out), summary.to_csv(index=False))
     cur = summary[(summary["model"] == model_name) & summary["metric"].isin(_SHOW)]
-    classes = [c for c in cur.columns if c not in ("model", "group", "metric", "rater", "n_cases")]
+    settings = ("model", "group", "region", "num_bins", "metric", "rater", "n_cases")
+    classes = [c for c in cur.columns if c not in settings]
     table = Table(title=f"{model_name}: mean over cases")
     for col in ["metric", "rater", *classes]:
         table.add_column(str(col))

@@ -2,8 +2,9 @@
 
 Per case (possibly on a Dask worker): read the label and ``<case>_prob.nii.gz`` (channel-last
 ``[x, y, z, C]`` probabilities), bin with :func:`calibseg.binning.compute_bin_stats`, compute
-Dice and HD95 (MONAI; HD95 in the label's voxel-spacing units, usually mm), ECE/ACE/MCE per
-class and a flag for classes absent from the ground truth. The client stacks the per-case
+Dice (MONAI, empty classes scored as in validation) and HD95 (in the label's voxel-spacing units,
+usually mm; a missed or hallucinated structure scores the image diagonal), ECE/ACE/MCE per
+class and flags for classes absent from the ground truth, missed or hallucinated. The client stacks the per-case
 BinStats ``[N, C, K]``: micro errors reduce their sum (exact, whatever the fan-out), macro
 errors average the per-case errors.
 
@@ -31,7 +32,7 @@ __all__ = ["evaluate_run", "evaluate_case", "REGION_DATASETS", "next_free_dir", 
 log = logging.getLogger(__name__)
 
 REGION_DATASETS = ("kits23", "brats21")
-METRICS = ("dice", "hd95", "ece", "ace", "mce", "missing")
+METRICS = ("dice", "hd95", "ece", "ace", "mce", "missing", "missed", "hallucinated")
 _RESULT_FILES = ("summary.json", "cases.csv", "bin_stats.npz")
 
 
@@ -88,12 +89,16 @@ def evaluate_case(
     Returns:
         ``{"case", "weight" [C, K] int64, "sum_p" [C, K] float64, "sum_gt" [C, K] float64,
         "dice" [C], "hd95" [C], "ece" [C], "ace" [C], "mce" [C], "missing" [C] (1.0 = class
-        absent from the ground truth)}`` as numpy arrays (small; cheap to send back).
+        absent from the ground truth), "missed" [C] (in the ground truth, not predicted),
+        "hallucinated" [C] (predicted, not in the ground truth)}`` as numpy arrays (small;
+        cheap to send back). Dice of two empty masks is 1, one empty 0; HD95 (label spacing
+        units) of two empty masks 0, one empty the image diagonal.
     """
     import torch
     from monai.metrics import compute_dice
 
     from calibseg.binning import compute_bin_stats
+    from calibseg.metrics.multirater import image_diagonal_mm
     from calibseg.metrics.surface_distance import compute_hausdorff_distance  # MONAI's values
 
     case = str(task["case"])
@@ -138,22 +143,36 @@ def evaluate_case(
     stats = compute_bin_stats(p, y, num_bins=num_bins)
     del p
     errors = stats.errors()
-    dice = compute_dice(seg, y, include_background=True, ignore_empty=True)
-    with warnings.catch_warnings():  # empty classes are expected: flagged, HD95 NaN/inf
+    # ignore_empty=False, as the validation DiceMetric of every bundle (configs/validation.yaml)
+    # and the multi-rater table: a class absent from both gives 1, a missed or hallucinated one
+    # gives 0. With ignore_empty=True a hallucinated class would be NaN, dropped from the mean,
+    # and a model predicting absent structures would look no worse.
+    dice = compute_dice(seg, y, include_background=True, ignore_empty=False)
+    # HD95 with the multi-rater convention (both empty → 0, one empty → image diagonal in mm),
+    # so a missed or hallucinated structure costs the largest distance instead of being dropped
+    gt_empty = y.flatten(2).sum(-1) == 0
+    pred_empty = seg.flatten(2).sum(-1) == 0
+    sp = [float(v) for v in spacing[: lab.ndim]]
+    with warnings.catch_warnings():  # empty pairs are replaced below
         warnings.filterwarnings("ignore", message=".* is all 0, this may result in nan/inf")
-        warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
         hd95 = compute_hausdorff_distance(
-            seg, y, include_background=True, percentile=95, spacing=list(spacing[: lab.ndim])
+            seg, y, include_background=True, percentile=95, spacing=sp
         )
-    missing = (y.flatten(2).sum(-1) == 0).to(torch.float64)
+    hd95 = hd95[0].to(torch.float64)
+    diag = float(image_diagonal_mm(tuple(lab.shape), sp))
+    hd95 = torch.where(gt_empty[0] & pred_empty[0], 0.0, hd95)
+    hd95 = torch.where(gt_empty[0] ^ pred_empty[0], diag, hd95)
+    missing = gt_empty.to(torch.float64)
     out = {
         "case": case,
         "weight": stats.weight[0].numpy(),
         "sum_p": stats.sum_p[0].numpy(),
         "sum_gt": stats.sum_gt[0].numpy(),
         "dice": dice[0].double().numpy(),
-        "hd95": hd95[0].double().numpy(),
+        "hd95": hd95.double().numpy(),
         "missing": missing[0].numpy(),
+        "missed": (~gt_empty & pred_empty)[0].to(torch.float64).numpy(),
+        "hallucinated": (gt_empty & ~pred_empty)[0].to(torch.float64).numpy(),
     }
     out.update({k: v[0].numpy() for k, v in errors.items()})
     return out
@@ -222,7 +241,11 @@ def _stats_summary(
                 for k in ("ece", "ace", "mce")
             },
             "dice": mean_std(per_case["dice"][:, c]),
-            "hd95": mean_std(per_case["hd95"][:, c]),
+            "hd95": {
+                **mean_std(per_case["hd95"][:, c]),
+                "missed": int(per_case["missed"][:, c].sum()),
+                "hallucinated": int(per_case["hallucinated"][:, c].sum()),
+            },
             "missing_cases": int(per_case["missing"][:, c].sum()),
         }
     rows = [
@@ -248,8 +271,9 @@ def evaluate_run(
     """Evaluate the test-split predictions of ``<bundle>/<run_name>/predictions/``.
 
     Writes ``cases.csv`` (tidy: case, class, metric, value with metric in dice, hd95, ece,
-    ace, mce, missing), ``summary.json`` (per class: macro and micro ECE/ACE/MCE, Dice and
-    HD95 mean/std/n over cases where defined, number of cases missing the class),
+    ace, mce, missing, missed, hallucinated), ``summary.json`` (per class: macro and micro
+    ECE/ACE/MCE, Dice and HD95 mean/std/n over the cases, HD95 with the numbers of missed and
+    hallucinated cases, number of cases missing the class),
     ``bin_stats.npz`` (per-case BinStats ``[N, C, K]``) and ``dataset_reliability_diagram.png``
     (+ one ``<case>_reliability_diagram.png`` each with ``case_figures``) into
     ``<bundle>/<run_name>/evaluation/`` (or ``out_dir``), or the next free ``…_2``, ``…_3``

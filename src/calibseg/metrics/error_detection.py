@@ -8,7 +8,9 @@
   samples; AURC is the mean of the selective risks over the coverages. Tied confidences are
   accepted together (the risk of a tie group is the one after the whole group is accepted), so
   the value does not depend on the order of ties.
-- :func:`eaurc` — AURC minus the AURC of the ideal ranking (confidence = −risk).
+- :func:`eaurc` — AURC minus the optimal AURC, the AURC of the ranking that accepts the
+  samples in order of increasing risk one at a time (no tie groups: the optimal ranking of 0/1
+  risks is almost all ties, and accepting each tie group at once would overstate the optimum).
 
 Voxel level (:func:`voxel_error_detection`): error = argmax prediction ≠ consensus label,
 voxels where raters disagree are ignored; risk is 0/1 and confidence the max probability.
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-__all__ = ["roc_auc", "aurc", "eaurc", "voxel_error_detection", "case_aurc"]
+__all__ = ["roc_auc", "aurc", "optimal_aurc", "eaurc", "voxel_error_detection", "case_aurc"]
 
 
 def _flat(x) -> np.ndarray:
@@ -71,10 +73,25 @@ def aurc(confidence, risk) -> float:
     return float((sizes * selective).sum() / n)
 
 
-def eaurc(confidence, risk) -> float:
-    """Excess AURC: ``aurc(confidence, risk) − aurc(−risk, risk)`` (0 for an ideal ranking)."""
+def optimal_aurc(risk) -> float:
+    """AURC of the ideal ranking: risks accepted in increasing order, one coverage at a time.
+
+    Mean over k = 1..n of the mean of the k smallest risks (Geifman et al., 2019). NaN for no
+    samples.
+    """
     r = _flat(risk)
-    return aurc(confidence, r) - aurc(-r, r)
+    if r.size == 0:
+        return float("nan")
+    if not np.isfinite(r).all():
+        raise ValueError("risk must be finite.")
+    rs = np.sort(r)
+    return float((np.cumsum(rs) / np.arange(1, rs.size + 1)).mean())
+
+
+def eaurc(confidence, risk) -> float:
+    """Excess AURC: ``aurc(confidence, risk) − optimal_aurc(risk)`` (0 for an ideal ranking)."""
+    r = _flat(risk)
+    return aurc(confidence, r) - optimal_aurc(r)
 
 
 def voxel_error_detection(

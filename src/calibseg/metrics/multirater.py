@@ -16,7 +16,8 @@ Conventions (documented choices):
 - Volumes are in mL (mm³ / 1000). The rater volume distribution is a Gaussian with the mean
   and the population standard deviation (ddof = 0) of the K rater volumes.
 - NCC with a constant map (e.g. identical raters) and Fleiss' kappa with one category only
-  are **NaN** (undefined), never an error.
+  are **NaN** (undefined), never an error. Fleiss' kappa, calibration and error detection
+  are measured within the chosen region (``region`` of :func:`case_metrics`).
 """
 
 from __future__ import annotations
@@ -296,7 +297,8 @@ def surface_distances(
     pred: torch.Tensor, refs: torch.Tensor, spacing: Sequence[float]
 ) -> dict[str, torch.Tensor]:
     """HD95 and ASSD (symmetric) in mm of a one-hot prediction ``[C, *spatial]`` against
-    one-hot references ``[K, C, *spatial]`` → ``{"hd95", "assd"}`` each ``[K, C]``.
+    one-hot references ``[K, C, *spatial]`` (2-D or 3-D, ``spacing`` one value per spatial axis)
+    → ``{"hd95", "assd"}`` each ``[K, C]``.
 
     Same values as MONAI's ``compute_hausdorff_distance(percentile=95)`` and
     ``compute_average_surface_distance(symmetric=True)`` with ``spacing``, but the edge distances
@@ -309,10 +311,16 @@ def surface_distances(
     k, c = refs.shape[:2]
     p, g = pred.bool(), refs.bool()
     sp = [float(s) for s in spacing]
-    dims = (-3, -2, -1)
+    nd = pred.ndim - 1
+    if len(sp) != nd or tuple(refs.shape[2:]) != tuple(pred.shape[1:]):
+        raise ValueError(
+            f"surface_distances needs pred [C, *spatial], refs [K, C, *spatial] and one spacing "
+            f"per spatial axis, got {tuple(pred.shape)}, {tuple(refs.shape)} and {sp}."
+        )
+    dims = tuple(range(-nd, 0))
     pe = (~p.any(dim=dims)).unsqueeze(0).expand(k, c)
     ge = ~g.any(dim=dims)
-    diag = image_diagonal_mm(pred.shape[-3:], sp)
+    diag = image_diagonal_mm(pred.shape[1:], sp)
     hd = torch.where(pe & ge, 0.0, diag).to(torch.float64)
     asd = hd.clone()
     # distance transforms are per mask: one MONAI call per non-empty (rater, class) pair
@@ -340,7 +348,14 @@ def pairwise_rater_dice(
 
 def fleiss_kappa_from_counts(counts) -> float:
     """Fleiss' kappa from a table ``[N items, C categories]`` of rater counts (each row sums to
-    the same number of raters n ≥ 2). NaN if the expected agreement is 1 (one category)."""
+    the same number of raters n ≥ 2). NaN if every rating is in one category.
+
+    Computed as ``1 − D_obs / D_exp`` with the observed and expected disagreements
+    ``D_obs = 1 − P̄ = mean_i Σ_j t_ij (n − t_ij) / (n (n − 1))`` and
+    ``D_exp = 1 − P_e = Σ_j p_j (1 − p_j)``: the same value as ``(P̄ − P_e) / (1 − P_e)``
+    without its cancellation, so a tiny foreground (a small lesion in a large CT, P_e within
+    1e-6 of 1) still gives a finite, exact kappa.
+    """
     t = np.asarray(counts, dtype=np.float64)
     if t.ndim != 2:
         raise ValueError(f"counts must be [items, categories], got shape {t.shape}.")
@@ -348,19 +363,21 @@ def fleiss_kappa_from_counts(counts) -> float:
     if t.shape[0] == 0 or not np.all(n == n[0]) or n[0] < 2:
         raise ValueError("every item needs the same number of ratings (at least 2).")
     n = n[0]
-    p_i = ((t**2).sum(1) - n) / (n * (n - 1))
-    p_bar = p_i.mean()
-    p_j = t.sum(0) / (t.shape[0] * n)
-    pe = (p_j**2).sum()
-    if np.isclose(pe, 1.0):
+    d_obs = (t * (n - t)).sum(1).mean() / (n * (n - 1))
+    total = t.sum(0)
+    p_j = total / total.sum()
+    # 1 − p_j from the other categories' totals (no cancellation when p_j ≈ 1)
+    d_exp = float((p_j * ((total.sum() - total) / total.sum())).sum())
+    if d_exp <= 0.0:
         return float("nan")
-    return float((p_bar - pe) / (1 - pe))
+    return float(1.0 - d_obs / d_exp)
 
 
 def fleiss_kappa(
     labels: torch.Tensor, num_classes: int, region: torch.Tensor | None = None
 ) -> float:
-    """Fleiss' kappa of K raters' label maps ``[K, *spatial]`` over voxels (items)."""
+    """Fleiss' kappa of K raters' label maps ``[K, *spatial]`` over the voxels (items) of
+    ``region`` (bool ``[*spatial]``; None = all voxels)."""
     oh = _masked(one_hot_labels(labels, num_classes), region)  # [K, C, N]
     return fleiss_kappa_from_counts(oh.sum(0).T.numpy())
 
@@ -460,7 +477,8 @@ def case_metrics(
     for ri, r in enumerate(raters):
         for key in ("ece", "ace", "mce"):
             add("all", r, f"{key}_toplabel", top[key][ri])
-    add("all", "all", "fleiss_kappa", fleiss_kappa(labels, c) if k > 1 else float("nan"))
+    kappa = fleiss_kappa(labels, c, region=region) if k > 1 else float("nan")
+    add("all", "all", "fleiss_kappa", kappa)
     if uncertainty is None:
         uncertainty = {"entropy": entropy(prob), "1mmaxp": one_minus_max_prob(prob)}
     det = voxel_error_detection(prob, labels, uncertainty, region=region)

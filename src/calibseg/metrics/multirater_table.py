@@ -1,9 +1,11 @@
 """Multi-rater metrics over a prediction folder → tidy table and wide summary.
 
-Tidy table columns: ``case, model, group, class, rater, metric, value`` (one row per value;
+Tidy table columns: ``case, model, group, region, num_bins, class, rater, metric, value`` (one
+row per value; ``region`` and ``num_bins`` are the calibration region and the bins of the
+classwise ECE/ACE/MCE the row was computed with — top-label calibration uses CURVAS' 50 bins;
 dataset-level rows, e.g. case-level AURC, use case ``ALL``). The wide summary has one row per
-``(model, group, metric, rater)`` and one column per class with the mean over cases (NaN
-ignored) plus ``n_cases``.
+``(model, group, region, num_bins, metric, rater)`` and one column per class with the mean over
+cases (NaN ignored) plus ``n_cases``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["case", "model", "group", "class", "rater", "metric", "value"]
+COLUMNS = ["case", "model", "group", "region", "num_bins", "class", "rater", "metric", "value"]
 _MAPS = ("entropy", "aleatoric", "epistemic", "1mmaxp")
 
 
@@ -168,7 +170,7 @@ def case_rows(
         top_label_bins=top_label_bins,
     )
     for r in rows:
-        r.update(case=case, model=model, group=group)
+        r.update(case=case, model=model, group=group, region=region, num_bins=num_bins)
     return rows
 
 
@@ -272,6 +274,8 @@ def compute_metrics_table(
                 "case": "ALL",
                 "model": model,
                 "group": group,
+                "region": region,
+                "num_bins": num_bins,
                 "class": "all",
                 "rater": "consensus",
                 "metric": k,
@@ -290,13 +294,15 @@ def _num_channels(path: str) -> int:
 
 
 def summarise(df):
-    """Wide summary: mean over cases per ``(model, group, metric, rater)`` × class, NaN ignored,
-    plus ``n_cases`` (cases with at least one finite value)."""
+    """Wide summary: mean over cases per ``(model, group, region, num_bins, metric, rater)`` ×
+    class (the settings present in ``df``), NaN ignored, plus ``n_cases`` (cases with at least one
+    finite value)."""
     import pandas as pd
 
     df = df.assign(group=df["group"].fillna("").astype(str))
     per = df[df["case"] != "ALL"]
-    keys = ["model", "group", "metric", "rater"]
+    keys = ["model", "group", *(k for k in ("region", "num_bins") if k in df.columns)]
+    keys += ["metric", "rater"]
     wide = per.pivot_table(
         index=keys, columns="class", values="value", aggfunc="mean", dropna=False
     )

@@ -2,7 +2,8 @@
 
 For a metric, each model contributes one value per case; models are compared on the cases both
 have (paired). :func:`paired_comparison` gives the mean difference ``b − a``, a paired bootstrap
-confidence interval (cases resampled with replacement, the same resample for both models) and
+confidence interval (``scipy.stats.bootstrap``: cases resampled with replacement, the same
+resample for both models) and
 the Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, two-sided) on the per-case
 differences.
 """
@@ -21,19 +22,29 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of per-case paired differences ``[N]``.
 
-    Cases are resampled with replacement (one vectorised ``[n_boot, N]`` draw). NaN for N = 0.
+    ``scipy.stats.bootstrap`` (percentile method, vectorised statistic): cases are resampled
+    with replacement; resampling the differences is the paired bootstrap of ``(a, b)`` with the
+    same resample for both models. NaN for fewer than 2 cases (no interval). (It gives the
+    same intervals as the earlier hand-written resampling with the same generator; that one was
+    ~2 ms faster for 100 cases × 10,000 resamples, 10.4 vs 12.6 ms — not worth own code.)
     """
+    from scipy.stats import bootstrap
+
     d = np.asarray(diff, dtype=np.float64).reshape(-1)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}.")
-    if d.size == 0:
+    if d.size < 2:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, d.size, size=(int(n_boot), d.size))
-    means = d[idx].mean(1)
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+    res = bootstrap(
+        (d,),
+        np.mean,
+        n_resamples=int(n_boot),
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=True,
+        random_state=np.random.default_rng(seed),  # `rng` needs scipy >= 1.15
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def wilcoxon_signed_rank(a, b) -> tuple[float, float]:
@@ -77,19 +88,56 @@ def paired_comparison(
     }
 
 
-def _model_values(df, models: Sequence[str], metric: str):
-    """Per (case, class, rater) value of a model, or the mean over several models (member mean)."""
-    sub = df[(df["metric"] == metric) & (df["model"].isin(list(models)))]
-    missing = sorted(set(models) - set(sub["model"].unique()))
-    if missing:
-        known = sorted(df["model"].unique())
-        raise ValueError(
-            f"no {metric!r} values for model(s) {', '.join(missing)}; models in the table: "
-            f"{', '.join(map(str, known))}."
-        )
-    keys = ["case", "class", "rater"]
+def _split_spec(spec: str) -> tuple[str, str | None]:
+    """``"model"`` → (model, None); ``"model@group"`` → (model, group)."""
+    name, sep, group = str(spec).rpartition("@")
+    return (name, group) if sep else (str(spec), None)
+
+
+def _model_values(df, models: Sequence[str], metric: str, strata: list[str]):
+    """Per (case, *strata, class, rater) value of a model, or the mean over several models
+    (member mean). A model is ``"name"`` or ``"name@group"``; a name with rows in several groups
+    must name the group (rows of different groups are never averaged together)."""
+    import pandas as pd
+
+    rows = df[df["metric"] == metric]
+    parts = []
+    for spec in models:
+        name, group = _split_spec(spec)
+        sub = rows[rows["model"].astype(str) == name]
+        if sub.empty:
+            known = sorted(df["model"].astype(str).unique())
+            raise ValueError(
+                f"no {metric!r} values for model(s) {name}; models in the table: "
+                f"{', '.join(known)}."
+            )
+        groups = sorted(sub["group"].unique())
+        if group is None and len(groups) > 1:
+            raise ValueError(
+                f"model {name!r} has {metric!r} rows in groups {', '.join(map(repr, groups))}; "
+                f"name one as {name}@<group>."
+            )
+        if group is not None:
+            sub = sub[sub["group"] == group]
+            if sub.empty:
+                raise ValueError(
+                    f"model {name!r} has no {metric!r} rows in group {group!r} (groups: "
+                    f"{', '.join(map(repr, groups))})."
+                )
+        parts.append(sub)
+    keys = ["case", *strata, "class", "rater"]
     # the mean over models is taken per case first, so every case stays one observation
-    return sub.groupby(keys, dropna=False)["value"].mean()
+    return pd.concat(parts).groupby(keys, dropna=False)["value"].mean()
+
+
+def _settings(values, strata: list[str]) -> set[tuple]:
+    """The distinct (region, num_bins, …) combinations in the index of ``values``."""
+    return set(values.index.droplevel(["case", "class", "rater"]).unique().to_list())
+
+
+def _describe(settings: set[tuple], strata: list[str]) -> str:
+    one = (s if isinstance(s, tuple) else (s,) for s in sorted(settings, key=str))
+    return "; ".join(", ".join(f"{k}={v}" for k, v in zip(strata, s, strict=True)) for s in one)
 
 
 def compare_models(
@@ -103,10 +151,13 @@ def compare_models(
 ):
     """Paired comparison of models ``a`` and ``b`` on ``metric`` for every (class, rater).
 
-    ``df`` is the tidy metrics table (columns case, model, class, rater, metric, value). A list
-    of models for ``a`` or ``b`` is averaged per case first (e.g. the mean of the ensemble's
-    members). Returns a pandas DataFrame with one row per (class, rater) and the columns of
-    :func:`paired_comparison`.
+    ``df`` is the tidy metrics table (columns case, model, group, class, rater, metric, value;
+    optional region and num_bins). A model is named ``"name"`` or ``"name@group"``; a name with
+    rows in several groups must say which (``ValueError`` otherwise). A list of models for
+    ``a`` or ``b`` is averaged per case first (e.g. the mean of the ensemble's members). Tables
+    holding several regions or numbers of bins are compared within each, never across.
+    Returns a pandas DataFrame with one row per (region, num_bins, class, rater) — the columns
+    present in ``df`` — and the columns of :func:`paired_comparison`.
     """
     import pandas as pd
 
@@ -114,15 +165,26 @@ def compare_models(
     if not need.issubset(df.columns):
         raise ValueError(f"metrics table lacks columns {sorted(need - set(df.columns))}.")
     df = df[df["case"] != "ALL"]
+    group = df["group"] if "group" in df.columns else pd.Series("", index=df.index)
+    df = df.assign(group=group.fillna("").astype(str))
+    strata = [k for k in ("region", "num_bins") if k in df.columns]
     ma = [a] if isinstance(a, str) else list(a)
     mb = [b] if isinstance(b, str) else list(b)
-    va = _model_values(df, ma, metric).rename("a")
-    vb = _model_values(df, mb, metric).rename("b")
+    va = _model_values(df, ma, metric, strata).rename("a")
+    vb = _model_values(df, mb, metric, strata).rename("b")
     joined = pd.concat([va, vb], axis=1, join="inner").reset_index()
+    if joined.empty and strata:
+        sa, sb = _settings(va, strata), _settings(vb, strata)
+        if not sa & sb:
+            raise ValueError(
+                f"models {ma} ({_describe(sa, strata)}) and {mb} ({_describe(sb, strata)}) were "
+                f"computed with different {' / '.join(strata)}: compute both alike to compare."
+            )
     if joined.empty:
         raise ValueError(f"models {ma} and {mb} share no case with metric {metric!r}.")
     rows = []
-    for (cls, rater), g in joined.groupby(["class", "rater"], sort=True):
+    by = [*strata, "class", "rater"]
+    for key, g in joined.groupby(by, sort=True, dropna=False):
         res = paired_comparison(g["a"].to_numpy(), g["b"].to_numpy(), n_boot, confidence, seed)
-        rows.append({"metric": metric, "class": cls, "rater": rater, **res})
+        rows.append({"metric": metric, **dict(zip(by, key, strict=True)), **res})
     return pd.DataFrame(rows)
