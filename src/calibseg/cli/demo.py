@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from calibseg.cli.common import console
+from calibseg.cli.common import console, print_table
 
 
 def register(app: typer.Typer) -> None:
@@ -22,8 +22,6 @@ def register(app: typer.Typer) -> None:
 
         Example: calibseg demo --out demo_out
         """
-        from rich.table import Table
-
         from calibseg.bundles.demo import DemoSettings, run_demo
 
         settings = DemoSettings(seeds=(0, 1, 2) if full else (0,))
@@ -37,15 +35,10 @@ def register(app: typer.Typer) -> None:
         )
         res = run_demo(out, settings)
         multi = len(settings.seeds) > 1
-        table = Table(
-            title="test split, foreground classes, macro (mean over cases)"
-            + (", mean ± std over seeds" if multi else "")
-        )
-        table.add_column("loss", no_wrap=True)
-        for m in ("Dice", "ECE", "ACE", "MCE"):
-            table.add_column(m, justify="right", no_wrap=True)
+        headers = ["loss", "Dice", "ECE", "ACE", "MCE"]
         if multi:
-            table.add_column("Wilcoxon p, ACE vs baseline", justify="right", no_wrap=True)
+            headers.append("Wilcoxon p, ACE vs baseline")
+        rows = []
         for loss, row in res["table"].items():
             cells = [
                 f"{mean:.3f} ± {std:.3f}" if multi else f"{mean:.3f}"
@@ -54,13 +47,13 @@ def register(app: typer.Typer) -> None:
             if multi:
                 p = res["tests"].get(loss)
                 cells.append("-" if p is None else f"{p:.3g}")
-            table.add_row(loss, *cells)
-        width = console.width
-        console.width = max(width, 130)  # never squeeze the numbers into wrapped cells
-        try:
-            console.print(table)
-        finally:
-            console.width = width
+            rows.append([loss, *cells])
+        print_table(
+            "test split, foreground classes, macro (mean over cases)"
+            + (", mean ± std over seeds" if multi else ""),
+            headers,
+            rows,
+        )
         for loss, paths in res["figures"].items():
             for p in paths:
                 console.print(f"reliability diagram ({loss}): {p}", soft_wrap=True)

@@ -75,19 +75,14 @@ def ls_cmd(
 
     Example: calibseg storage ls s3://my-bucket/bundles/
     """
-    from rich.table import Table
-
     from calibseg import storage
-    from calibseg.cli.common import console
+    from calibseg.cli.common import console, print_table
 
     for url in urls:
         files = storage.list_files(url, recursive=recursive)
-        table = Table(title=storage.redact(url), show_lines=False)
-        table.add_column("path")
-        table.add_column("size", justify="right")
-        for e in files:
-            table.add_row(e["rel"], _human(e["size"]))
-        console.print(table)
+        print_table(
+            storage.redact(url), ("path", "size"), [[e["rel"], _human(e["size"])] for e in files]
+        )
         console.print(f"{len(files)} file(s), {_human(sum(e['size'] for e in files))}")
 
 
