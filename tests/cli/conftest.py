@@ -11,7 +11,7 @@ import pytest
 CALIBSEG = os.path.join(os.path.dirname(sys.executable), "calibseg")
 
 
-def run_cli(*args: str, env: dict | None = None, cwd=None, timeout: float = 300):
+def run_cli(*args: str, env: dict | None = None, cwd=None, timeout: float = 600):
     """Run ``calibseg ARGS`` with the current environment (plus ``env``); CompletedProcess."""
     full = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(

@@ -45,7 +45,8 @@ _STATE = {"debug": False}
 def _exception_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
     """(exit, abort, usage) exception classes of typer, and of click where typer still uses it
     (typer vendors click since 0.2x; older versions raise click's classes)."""
-    exit_, abort, usage = [typer.Exit], [typer.Abort], [typer.TyperException]
+    exit_, abort = [typer.Exit], [typer.Abort]
+    usage = [typer.TyperException] if hasattr(typer, "TyperException") else []
     try:
         import click
     except ImportError:  # pragma: no cover - typer without click
