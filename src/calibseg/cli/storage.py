@@ -123,7 +123,10 @@ def pull_cmd(
 ) -> None:
     """Download an object or prefix recursively; identical local files are skipped.
 
-    Example: calibseg storage pull s3://my-bucket/bundles/kits23_hardl1ace_dice_1a2b3c4d bundles/
+    Every key is checked first: keys that would land outside DST (``..``), absolute keys and
+    keys with backslashes are refused and nothing is written.
+
+    Example: calibseg storage pull s3://my-bucket/bundles/kits23_hardl1ace_dice_1a2b3c4d bundles/kits23_hardl1ace_dice_1a2b3c4d
     """
     from calibseg import storage
     from calibseg.cli.common import console
