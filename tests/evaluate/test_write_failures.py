@@ -55,7 +55,8 @@ def test_disk_full_leaves_no_partial_evaluation(fake, no_figures, tmp_path, monk
     rc = common.run_app(app, ["evaluate", bundle])
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1, err
-    assert "summary.json" in err and "No space left on device" in err
+    final = os.path.join(run, "evaluation", "summary.json")
+    assert f"cannot write {final}: No space left on device" in err
     assert sorted(os.listdir(run)) == ["predictions"]  # no evaluation*/ and no temporary folder
 
     monkeypatch.undo()

@@ -35,7 +35,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 # OS write/read failures whose cause the user can fix (disk full, quota, read-only, I/O error)
-_OS_USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EFBIG}
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+_OS_USER_ERRNOS = _WRITE_ERRNOS | {errno.EIO, errno.EACCES}
 # modules whose exceptions mean "the object store / network failed", not a calibseg bug
 _REMOTE_MODULES = ("s3fs", "botocore", "aiobotocore", "aiohttp", "fsspec", "urllib3")
 
@@ -138,7 +139,7 @@ def describe_error(exc: BaseException) -> tuple[str, bool]:
         return remote, True
     if isinstance(exc, OSError) and exc.errno in _OS_USER_ERRNOS:
         where = f" {storage.redact(exc.filename)}" if exc.filename else ""
-        verb = "cannot write" if exc.errno != errno.EIO else "I/O error on"
+        verb = "cannot write" if exc.errno in _WRITE_ERRNOS else "cannot access"
         reason = exc.strerror or os.strerror(exc.errno)
         return f"{verb}{where}: {reason} (errno {errno.errorcode.get(exc.errno, exc.errno)}).", True
     if isinstance(exc, (CalibsegError, *USER_ERRORS)):

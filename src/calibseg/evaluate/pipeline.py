@@ -188,13 +188,19 @@ def _begin_output(out: str) -> str:
     return stage
 
 
-def _abort_output(stage: str, out: str) -> None:
+def _abort_output(stage: str, out: str, error: BaseException | None = None) -> None:
     """Drop the temporary folder of a failed local evaluation (remote: nothing to drop; the
-    folder lacks ``summary.json`` and the next run reuses it)."""
+    folder lacks ``summary.json`` and the next run reuses it). An OSError about a file in the
+    temporary folder is raised again naming the file's place in ``out``."""
     import shutil
 
-    if stage != out:
-        shutil.rmtree(stage, ignore_errors=True)
+    if stage == out:
+        return
+    shutil.rmtree(stage, ignore_errors=True)
+    name = getattr(error, "filename", None)
+    if isinstance(error, OSError) and isinstance(name, str) and name.startswith(stage):
+        final = os.path.join(os.path.abspath(out.rstrip("/")), os.path.relpath(name, stage))
+        raise type(error)(error.errno, error.strerror, final) from error
 
 
 def _finish_output(stage: str, out: str, summary: dict[str, Any]) -> None:
@@ -215,8 +221,8 @@ def _finish_output(stage: str, out: str, summary: dict[str, Any]) -> None:
         for name in names:
             os.replace(os.path.join(stage, name), os.path.join(target, name))
         os.rmdir(stage)
-    except BaseException:
-        _abort_output(stage, out)
+    except BaseException as e:
+        _abort_output(stage, out, e)
         raise
 
 
@@ -357,8 +363,8 @@ def evaluate_run(
         _write_csv(storage.join(stage, "cases.csv"), rows)
         save_bin_stats(storage.join(stage, "bin_stats.npz"), stats, case_ids, names)
         figures = _figures(stats, stage, case_ids, names, case_figures)
-    except BaseException:
-        _abort_output(stage, out)
+    except BaseException as e:
+        _abort_output(stage, out, e)
         raise
     summary = {
         "bundle": storage.redact(bundle),
