@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from calibseg.cli.common import console
+from calibseg.cli.common import console, print_table
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
@@ -38,7 +38,6 @@ def print_study_table(frame, title: str = "test split, foreground classes") -> N
     """Print the study's summary (mean ± std over seeds) with Holm-adjusted Wilcoxon p-values
     of ACE against the baseline; numbers are never truncated or wrapped."""
     import numpy as np
-    from rich.table import Table
 
     from calibseg.evaluate.study_report import paired_tests, summary_table
 
@@ -47,22 +46,18 @@ def print_study_table(frame, title: str = "test split, foreground classes") -> N
     tests = paired_tests(frame) if multi and len(table) > 1 else None
     cols = [("Dice", "dice"), ("HD95", "hd95"), ("ECE", "ece"), ("ACE", "ace"), ("MCE", "mce")]
     cols.append(("micro ACE", "micro_ace"))
-    out = Table(title=title + (", mean ± std over seeds" if multi else ""))
-    out.add_column("loss", no_wrap=True)
-    out.add_column("post-hoc", no_wrap=True)
-    for name, _ in cols:
-        out.add_column(name, justify="right", no_wrap=True)
+    headers = ["loss", "post-hoc", *(name for name, _ in cols)]
     if tests is not None:
-        out.add_column("ACE Δ vs baseline, Holm p", justify="right", no_wrap=True)
+        headers.append("ACE Δ vs baseline, Holm p")
+    rows = []
     for (loss, cal), row in table.iterrows():
         cells = []
         for _, m in cols:
             mean, std = row[f"{m}_mean"], row[f"{m}_std"]
-            cells.append(
-                "-"
-                if not np.isfinite(mean)
-                else (f"{mean:.3f} ± {std:.3f}" if multi else f"{mean:.3f}")
-            )
+            if not np.isfinite(mean):
+                cells.append("-")
+            else:
+                cells.append(f"{mean:.3f} ± {std:.3f}" if multi else f"{mean:.3f}")
         if tests is not None:
             t = tests[
                 (tests["loss"] == loss) & (tests["calibration"] == cal) & (tests["metric"] == "ace")
@@ -70,13 +65,9 @@ def print_study_table(frame, title: str = "test split, foreground classes") -> N
             cells.append(
                 "-" if t.empty else f"{t['mean_diff'].iloc[0]:+.3f}, p={t['p_holm'].iloc[0]:.3g}"
             )
-        out.add_row(loss, "temperature" if cal == "temperature" else "-", *cells)
-    width = console.width
-    console.width = max(width, 170)  # never squeeze the numbers into wrapped cells
-    try:
-        console.print(out)
-    finally:
-        console.width = width
+        rows.append([loss, "temperature" if cal == "temperature" else "-", *cells])
+    right = [False, False, *([True] * (len(headers) - 2))]
+    print_table(title + (", mean ± std over seeds" if multi else ""), headers, rows, right=right)
 
 
 def register(app: typer.Typer) -> None:
