@@ -28,11 +28,13 @@ __all__ = [
 ]
 
 
-def calculate_heatmap_from_bins(mean_gt: torch.Tensor, num_bins: int | None = None) -> torch.Tensor:
+def calculate_heatmap_from_bins(
+    mean_gt_per_bin: torch.Tensor, num_bins: int | None = None
+) -> torch.Tensor:
     """Dataset reliability histogram from per-case accuracies.
 
     Args:
-        mean_gt: per-case mean target per confidence bin ``[N, C, K]``; NaN for empty bins
+        mean_gt_per_bin: per-case mean target per confidence bin ``[N, C, K]``; NaN for empty bins
             (those cases are not counted in that bin).
         num_bins: number of accuracy bins ``J`` over [0, 1] (default ``K``), with the edges of
             the binning kernel (float32 ``linspace(0, 1 + eps, J + 1)``): an accuracy on an
@@ -41,6 +43,7 @@ def calculate_heatmap_from_bins(mean_gt: torch.Tensor, num_bins: int | None = No
     Returns:
         ``[C, J, K]`` int64 counts of cases; row 0 = highest accuracy bin.
     """
+    mean_gt = mean_gt_per_bin
     if not isinstance(mean_gt, torch.Tensor) or mean_gt.ndim != 3:
         shape = tuple(mean_gt.shape) if isinstance(mean_gt, torch.Tensor) else type(mean_gt)
         raise ValueError(f"mean_gt must be a tensor [N, C, K], got {shape}.")
