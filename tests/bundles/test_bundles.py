@@ -113,7 +113,7 @@ def test_losses_parse_to_the_right_classes(tmp_path, synth_root):
     hard = load_bundle(
         create_bundle("synthetic", "hardl1ace_dice_ce", out=str(tmp_path), data_root=synth_root)
     )
-    ace = L.HardL1ACELoss(num_bins=20, softmax=True)(logits, y)
+    ace = L.HardL1ACELoss(num_bins=20, softmax=True, ignore_empty_classes=False)(logits, y)
     torch.testing.assert_close(
         hard.get_parsed_content("loss_def")(logits, y),
         base.get_parsed_content("loss_def")(logits, y) + ace,

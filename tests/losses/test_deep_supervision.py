@@ -44,7 +44,8 @@ def test_all_levels_is_monai_deep_supervision(cls):
 
 def test_full_resolution_only_adds_plain_dice_ce_below():
     xs, y = _levels(seed=1)
-    loss = ACEDeepSupervisionLoss(HardL1ACEandDiceCELoss(), ace_at="full")(xs, y)
+    inner = HardL1ACEandDiceCELoss(ace_weight=1.0, ce_weight=1.0, dice_weight=1.0)
+    loss = ACEDeepSupervisionLoss(inner, ace_at="full")(xs, y)
     # expectation from MONAI's Dice and torch's cross-entropy, level weights 1, 1/2, 1/4 ("exp")
     ace = HardL1ACELoss(softmax=True)
     expected = ace(xs[0], y)
