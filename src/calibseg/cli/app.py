@@ -27,6 +27,7 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("calibseg.cli.report", None),
     ("calibseg.cli.storage", "storage"),
     ("calibseg.cli.demo", None),
+    ("calibseg.cli.nnunet", "nnunet"),
 ]
 
 for _module, _name in _GROUPS:
