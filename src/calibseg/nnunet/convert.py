@@ -26,6 +26,8 @@ from collections.abc import Sequence
 
 import nibabel as nib
 import numpy as np
+import torch
+from monai.transforms import VoteEnsemble
 
 from calibseg import storage
 from calibseg.metrics.multirater_table import load_rater_items
@@ -48,19 +50,19 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
 
 
 def majority_vote(labels: Sequence[np.ndarray], num_classes: int | None = None) -> np.ndarray:
-    """Per voxel the label given by most raters; ties go to the lower label.
+    """Per voxel the label given by most raters; ties go to the lower label
+    (``monai.transforms.VoteEnsemble``).
 
-    ``labels``: K integer arrays of one shape. Returns uint8 (uint16 beyond 255 classes).
+    ``labels``: K integer arrays of one shape. Returns uint8 (uint16 beyond 256 classes).
     """
     if not labels:
         raise ValueError("majority_vote needs at least one rater label map.")
-    stack = np.stack([np.asarray(lab).astype(np.int64) for lab in labels])
-    if stack.min() < 0:
+    stack = [np.asarray(lab).astype(np.int64) for lab in labels]
+    if min(int(a.min()) for a in stack) < 0:
         raise ValueError("label maps must be non-negative integers.")
-    n = int(stack.max()) + 1 if num_classes is None else int(num_classes)
-    counts = np.stack([(stack == c).sum(0) for c in range(n)])
-    out = counts.argmax(0)  # first maximum → the lower label on ties
-    return out.astype(np.uint8 if n <= 256 else np.uint16)
+    n = max(int(a.max()) for a in stack) + 1 if num_classes is None else int(num_classes)
+    voted = VoteEnsemble(num_classes=n)([torch.from_numpy(a)[None] for a in stack])
+    return np.asarray(voted[0]).astype(np.uint8 if n <= 256 else np.uint16)
 
 
 def _load_label(path: str) -> tuple[np.ndarray, nib.Nifti1Image]:
