@@ -61,9 +61,7 @@ def test_regions_use_sigmoid_and_the_ignore_channel():
     region = torch.tensor([0, 1, 1, 1, 0])
     ignore = torch.tensor([0, 0, 0, 0, 1])
     target = torch.stack([region, ignore])[None, :, :, None]
-    loss = ACEPlusLoss(
-        Zero(), make_ace("hardl1ace", 2), 1.0, regions=True, has_ignore_channel=True
-    )
+    loss = ACEPlusLoss(Zero(), make_ace("hardl1ace", 2), 1.0, regions=True, has_ignore_channel=True)
     assert loss(logits, target).item() == pytest.approx(ACE_BY_HAND, abs=1e-5)
 
 

@@ -40,12 +40,13 @@ from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_datas
 from calibseg import storage
 from calibseg.ensemble.members import member_name
 from calibseg.nnunet import trainer_path
-from calibseg.nnunet.trainers import TRAINERS
+from calibseg.nnunet.trainers import TRAINERS, nnUNetTrainerCalibseg
 
 __all__ = [
     "ENV_VARS",
     "nnunet_env",
     "plan_and_preprocess",
+    "build_trainer",
     "train",
     "model_folder",
     "predict",
@@ -129,6 +130,68 @@ def _fold(fold: int | str) -> int | str:
         raise ValueError(f"fold must be an integer or 'all', got {fold!r}.") from None
 
 
+def build_trainer(
+    dataset: int | str,
+    configuration: str,
+    fold: int | str,
+    loss: str = "dicece",
+    seed: int | None = None,
+    patience: int = 0,
+    min_delta: float = 0.0,
+    ace_weight: float = 1.0,
+    num_bins: int = 20,
+    epochs: int | None = None,
+    iterations_per_epoch: int | None = None,
+    val_iterations_per_epoch: int | None = None,
+    plans: str = "nnUNetPlans",
+    device: str = "cpu",
+    continue_training: bool = False,
+) -> nnUNetTrainerCalibseg:
+    """A configured, not yet initialised calibseg trainer built from nnU-Net's plans and
+    preprocessed ``dataset.json`` (as nnU-Net's ``get_trainer_from_args`` does). Arguments as
+    in :func:`train`; ``nnUNet_preprocessed`` and ``nnUNet_results`` must be set."""
+    if loss not in TRAINERS:
+        raise ValueError(f"unknown loss {loss!r}: use one of {', '.join(TRAINERS)}.")
+    f = _fold(fold)
+    env = _require_env("nnUNet_preprocessed", "nnUNet_results")
+    name = maybe_convert_to_dataset_name(dataset if isinstance(dataset, int) else str(dataset))
+    pre = os.path.join(env["nnUNet_preprocessed"], name)
+    plans_file = os.path.join(pre, plans + ".json")
+    if not os.path.isfile(plans_file):
+        raise FileNotFoundError(
+            f"no {plans}.json in {pre}: run `calibseg nnunet convert` (or "
+            "nnUNetv2_plan_and_preprocess) first."
+        )
+    with open(plans_file) as fh:
+        plans_dict = json.load(fh)
+    if configuration not in plans_dict.get("configurations", {}):
+        raise ValueError(
+            f"configuration {configuration!r} is not in {plans_file} "
+            f"(available: {', '.join(plans_dict.get('configurations', {}))})."
+        )
+    with open(os.path.join(pre, "dataset.json")) as fh:
+        dataset_json = json.load(fh)
+    plans_dict["continue_training"] = continue_training
+    trainer = TRAINERS[loss](
+        plans=plans_dict,
+        configuration=configuration,
+        fold=f,
+        dataset_json=dataset_json,
+        device=torch.device(device),
+    )
+    trainer.set_options(
+        seed=seed,
+        patience=patience,
+        min_delta=min_delta,
+        ace_weight=ace_weight,
+        ace_num_bins=num_bins,
+        epochs=epochs,
+        iterations_per_epoch=iterations_per_epoch,
+        val_iterations_per_epoch=val_iterations_per_epoch,
+    )
+    return trainer
+
+
 def train(
     dataset: int | str,
     configuration: str,
@@ -158,48 +221,26 @@ def train(
     ``nnUNet_results`` for this run. With ``validate`` nnU-Net's final validation on the fold's
     validation cases runs afterwards (as ``nnUNetv2_train`` does).
 
-    Raises ValueError for an unknown loss or fold, RuntimeError for missing nnU-Net folders,
-    FileNotFoundError if the dataset is not preprocessed for ``configuration``.
+    Raises ValueError for an unknown loss, fold or configuration, RuntimeError for missing
+    nnU-Net folders, FileNotFoundError if the dataset is not preprocessed.
     """
-    if loss not in TRAINERS:
-        raise ValueError(f"unknown loss {loss!r}: use one of {', '.join(TRAINERS)}.")
-    f = _fold(fold)
     with nnunet_env(nnUNet_results=results):
-        env = _require_env("nnUNet_preprocessed", "nnUNet_results")
-        name = maybe_convert_to_dataset_name(dataset if isinstance(dataset, int) else str(dataset))
-        pre = os.path.join(env["nnUNet_preprocessed"], name)
-        plans_file = os.path.join(pre, plans + ".json")
-        if not os.path.isfile(plans_file):
-            raise FileNotFoundError(
-                f"no {plans}.json in {pre}: run `calibseg nnunet convert` (or "
-                "nnUNetv2_plan_and_preprocess) first."
-            )
-        with open(plans_file) as fh:
-            plans_dict = json.load(fh)
-        if configuration not in plans_dict.get("configurations", {}):
-            raise ValueError(
-                f"configuration {configuration!r} is not in {plans_file} "
-                f"(available: {', '.join(plans_dict.get('configurations', {}))})."
-            )
-        with open(os.path.join(pre, "dataset.json")) as fh:
-            dataset_json = json.load(fh)
-        plans_dict["continue_training"] = continue_training
-        trainer = TRAINERS[loss](
-            plans=plans_dict,
-            configuration=configuration,
-            fold=f,
-            dataset_json=dataset_json,
-            device=torch.device(device),
-        )
-        trainer.set_options(
+        trainer = build_trainer(
+            dataset,
+            configuration,
+            fold,
+            loss=loss,
             seed=seed,
             patience=patience,
             min_delta=min_delta,
             ace_weight=ace_weight,
-            ace_num_bins=num_bins,
+            num_bins=num_bins,
             epochs=epochs,
             iterations_per_epoch=iterations_per_epoch,
             val_iterations_per_epoch=val_iterations_per_epoch,
+            plans=plans,
+            device=device,
+            continue_training=continue_training,
         )
         if continue_training:
             for ck in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
