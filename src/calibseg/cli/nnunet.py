@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from calibseg.cli.common import console
+from calibseg.cli.common import console, err_console
 
 app = typer.Typer(no_args_is_help=True)
 ensemble_app = typer.Typer(no_args_is_help=True)
@@ -14,9 +14,16 @@ _LOSS_HELP = "dicece (nnU-Net's Dice+CE), hardl1ace or softl1ace (Dice+CE + mL1-
 
 
 def _require() -> None:
-    from calibseg.nnunet import require_nnunet
+    """Without nnunetv2: the install command as one error line (markup-escaped), exit 1."""
+    from rich.markup import escape
 
-    require_nnunet()
+    from calibseg.nnunet import INSTALL_HINT, nnunet_available
+
+    if not nnunet_available():
+        err_console.print(
+            f"[bold red]error:[/] {escape(INSTALL_HINT)}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(1)
 
 
 def _ids(text: str) -> list[int]:
