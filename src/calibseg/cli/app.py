@@ -28,6 +28,7 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("calibseg.cli.storage", "storage"),
     ("calibseg.cli.demo", None),
     ("calibseg.cli.study", None),
+    ("calibseg.cli.nnunet", "nnunet"),
 ]
 
 
