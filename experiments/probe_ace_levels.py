@@ -53,7 +53,7 @@ def probe(outputs: list[torch.Tensor], y: torch.Tensor, label: str) -> None:
         nz = w[w > 0]
         cells = []
         base = None
-        for name, make in LOSSES.items():
+        for make in LOSSES.values():
             value, rms = _grad_rms(make(), z.float(), t)
             base = rms if base is None else base
             cells.append(f"{value:.3f} ({rms:.2e}, {rms / base:.1f}×)")
