@@ -284,13 +284,19 @@ def write_report(out: str, frame, runs: list[dict], settings: Any) -> str:
     seeds = sorted({int(s) for s in frame["seed"]})
     n_cases = frame[frame["case"].astype(str) != ""]["case"].nunique()
     baseline = _variants(frame)[0][0]
+    patience = int(getattr(settings, "patience", 0) or 0)
+    stopping = (
+        f"with early stopping on the validation split (patience {patience} validations)"
+        if patience
+        else "for the bundle's full schedule (no early stopping)"
+    )
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>calibseg calibration study</title>
 <style>{_CSS}</style></head><body>
 <h1>Calibration study: {html.escape(str(getattr(settings, "data", "")))}</h1>
 <p class="note">Losses: {html.escape(losses)}; seeds {seeds}; {n_cases} test cases.
-Each model is trained with early stopping on the validation split, evaluated on the test split,
-and also after temperature scaling fitted by NLL on its validation predictions ("post-hoc:
+Each model is trained {stopping}; its best-validation-Dice checkpoint is evaluated on the test
+split, and also after temperature scaling fitted by NLL on its validation predictions ("post-hoc:
 temperature"). Metrics are over foreground classes: Dice, HD95 (mm), and macro ECE/ACE/MCE
 (per case, then averaged) and micro ECE/ACE/MCE (all test voxels pooled).</p>
 <h2>Results (mean ± std over seeds)</h2>
