@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+from rich.markup import escape
 from typer.testing import CliRunner
 
 import calibseg.nnunet as nn_pkg
@@ -17,8 +18,7 @@ def test_missing_extra_in_process(monkeypatch):
     monkeypatch.setattr(nn_pkg, "nnunet_available", lambda: False)
     res = CliRunner().invoke(app, ["nnunet", "train", "501", "3d_fullres", "0"])
     assert res.exit_code == 1
-    text = " ".join(res.output.split())
-    assert INSTALL_HINT in text
+    assert escape(INSTALL_HINT) == str(res.exception)
 
 
 def test_missing_extra_subprocess_one_line(tmp_path):

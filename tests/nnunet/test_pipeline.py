@@ -187,7 +187,7 @@ def test_npz_probabilities_land_on_the_original_grid(study):
         prob, affine = read_probabilities(str(pred / f"{case}.npz"))
         assert tuple(prob.shape) == (4, *SHAPE)
         np.testing.assert_allclose(affine, original.affine, atol=1e-5)
-        np.testing.assert_allclose(prob.sum(0).numpy(), 1.0, atol=1e-3)
+        np.testing.assert_allclose(prob.sum(0).numpy(), 1.0, atol=5e-3)
         # nnU-Net's segmentation (written by nnU-Net on the original grid) is the argmax
         seg = np.asarray(nib.load(pred / f"{case}.nii.gz").dataobj)
         assert seg.shape == SHAPE
@@ -207,7 +207,7 @@ def test_combine_and_metrics_read_the_members(study):
         ]
         # the global ensemble is the mean of the two members (channel last in calibseg's file)
         np.testing.assert_allclose(
-            np.moveaxis(ens_prob, -1, 0), (members[0] + members[1]) / 2, atol=1e-5
+            np.moveaxis(ens_prob, -1, 0), (members[0] + members[1]) / 2, atol=1e-4
         )
     import pandas as pd
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from calibseg.cli.common import console, err_console
+from calibseg.cli.common import CalibsegError, console
 
 app = typer.Typer(no_args_is_help=True)
 ensemble_app = typer.Typer(no_args_is_help=True)
@@ -14,16 +14,14 @@ _LOSS_HELP = "dicece (nnU-Net's Dice+CE), hardl1ace or softl1ace (Dice+CE + mL1-
 
 
 def _require() -> None:
-    """Without nnunetv2: the install command as one error line (markup-escaped), exit 1."""
+    """Without nnunetv2: the install command as the error (markup-escaped for the one error
+    line, so ``calibseg[nnunet]`` keeps its brackets)."""
     from rich.markup import escape
 
     from calibseg.nnunet import INSTALL_HINT, nnunet_available
 
     if not nnunet_available():
-        err_console.print(
-            f"[bold red]error:[/] {escape(INSTALL_HINT)}", highlight=False, soft_wrap=True
-        )
-        raise typer.Exit(1)
+        raise CalibsegError(escape(INSTALL_HINT))
 
 
 def _ids(text: str) -> list[int]:
