@@ -61,7 +61,8 @@ class ACEDeepSupervisionLoss(DeepSupervisionLoss):
             nothing.
 
     Example:
-        >>> loss = ACEDeepSupervisionLoss(HardL1ACEandDiceCELoss(), ace_at="full")
+        >>> inner = HardL1ACEandDiceCELoss(ace_weight=1.0, dice_weight=1.0, ce_weight=1.0)
+        >>> loss = ACEDeepSupervisionLoss(inner, ace_at="full")
         >>> value = loss([logits, logits_half, logits_quarter], onehot)  # targets resized
     """
 
