@@ -4,28 +4,41 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
+# nnU-Net extra (calibseg[nnunet]) on the pinned CPU torch; NNUNET=0 leaves it out of make test
+NNUNET ?= 1
+NNUNET_STAMP := $(VENV)/.nnunet-installed
+TEST_DEPS := $(STAMP) $(if $(filter 1,$(NNUNET)),$(NNUNET_STAMP))
 
-export OMP_NUM_THREADS ?= 2
 export MPLBACKEND := Agg
 
-.PHONY: venv demo test test-fast lint format bench clean
+.PHONY: venv nnunet demo test test-fast lint format bench clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every dependency to the versions the tests ran with
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt $(TORCH)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# no torchvision/timm: PyPI's torchvision is a CUDA build (see constraints/nnunet.txt)
+nnunet: $(NNUNET_STAMP)
+
+$(NNUNET_STAMP): $(STAMP) constraints/nnunet.txt requirements/nnunet-cpu.txt
+	$(PY) -m pip install --quiet -c constraints/nnunet.txt -r requirements/nnunet-cpu.txt
+	$(PY) -m pip install --quiet --no-deps -c constraints/nnunet.txt nnunetv2 dynamic-network-architectures
+	$(PY) -c "import torch, nnunetv2.training.nnUNetTrainer.nnUNetTrainer; assert torch.__version__.startswith('2.13.0')"
+	touch $(NNUNET_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/calibseg demo
 
-test: $(STAMP)
+test: $(TEST_DEPS)
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(TEST_DEPS)
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
@@ -38,7 +51,8 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_binning.py
-	$(PY) benchmarks/bench_losses.py
+	$(PY) benchmarks/bench_losses.py --train-step
+	$(PY) benchmarks/bench_evaluate.py --breakdown
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""Speed and peak memory of the mL1-ACE losses (forward + backward, softmax excluded).
+"""Speed and peak memory of the mL1-ACE losses (forward + backward, softmax excluded), and the
+cost of the ACE term in a real training step (``--train-step``).
 
 Compares calibseg's HardL1ACELoss / SoftL1ACELoss with straightforward per-(image, class)
 loop references (the mL1-ACE paper's hard loss; a soft loss written the way MONAI's
@@ -6,7 +7,8 @@ development-branch soft binning is: one bin assignment and scatter per image and
 bare binning kernel (``calibseg.binning.binned_sums``) and a floor (``|p - t|.mean()``: one read
 of the inputs forward, one gradient write backward).
 
-Run: ``.venv/bin/python benchmarks/bench_losses.py [--shape 2 4 96 96 96] [--repeats 5]``.
+Run: ``.venv/bin/python benchmarks/bench_losses.py [--shape 2 4 96 96 96] [--repeats 5]
+[--train-step]``. Targets are one-hot views built as in the README (channel-last).
 Peak memory is the growth of the process's resident set (Linux ``VmHWM`` after resetting it)
 during one forward + backward, on top of the live inputs; glibc's mmap threshold is pinned so
 freed blocks are returned to the system.
@@ -122,20 +124,81 @@ def time_ms(fn: Callable, p: torch.Tensor, t: torch.Tensor, repeats: int) -> flo
     return statistics.median(times) * 1e3
 
 
+def train_step_bench(repeats: int, threads: int) -> None:
+    """SegResNetDS (init_filters 16, dsdepth 3) forward + deep-supervision loss + backward +
+    AdamW step on [2, 1, 64³], 4 classes: DiceCE, + hard ACE, + soft ACE, interleaved."""
+    from monai.losses import DeepSupervisionLoss, DiceCELoss
+    from monai.networks.nets import SegResNetDS
+
+    from calibseg.losses import HardL1ACEandDiceCELoss, SoftL1ACEandDiceCELoss
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 64, 64, 64)
+    y = (torch.nn.functional.avg_pool3d(torch.randn(2, 4, 64, 64, 64), 9, 1, 4) * 40).argmax(1)
+    y = y[:, None].float()
+    losses = {
+        "DiceCE": DiceCELoss(to_onehot_y=True, softmax=True),
+        "DiceCE + hard ACE": HardL1ACEandDiceCELoss(to_onehot_y=True),
+        "DiceCE + soft ACE": SoftL1ACEandDiceCELoss(to_onehot_y=True),
+    }
+    state = {}
+    for name, loss in losses.items():
+        torch.manual_seed(0)
+        net = SegResNetDS(spatial_dims=3, init_filters=16, in_channels=1, out_channels=4, dsdepth=3)
+        net.train()
+        opt = torch.optim.AdamW(net.parameters(), 1e-4)
+        state[name] = (net, opt, DeepSupervisionLoss(loss))
+
+    def step(name: str) -> None:
+        net, opt, ds = state[name]
+        opt.zero_grad(set_to_none=True)
+        ds(net(x), y).backward()
+        opt.step()
+
+    wall: dict[str, list[float]] = {n: [] for n in losses}
+    cpu: dict[str, list[float]] = {n: [] for n in losses}
+    for name in losses:
+        step(name)  # warm-up (allocator, kernels)
+    for _ in range(repeats):
+        for name in losses:  # interleaved: drifts of a shared machine hit all three alike
+            t0, c0 = time.perf_counter(), time.process_time()
+            step(name)
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    print(
+        f"\ntraining step: SegResNetDS(init_filters=16, dsdepth=3) fwd + deep-supervision loss"
+        f" + bwd + AdamW on [2, 1, 64³], 4 classes, {threads} threads; median of {repeats},"
+        " interleaved"
+    )
+    print(f"{'loss':22s}{'CPU s':>8s}{'wall s':>8s}{'CPU overhead':>14s}{'wall overhead':>15s}")
+    base_c, base_w = statistics.median(cpu["DiceCE"]), statistics.median(wall["DiceCE"])
+    for name in losses:
+        c, w = statistics.median(cpu[name]), statistics.median(wall[name])
+        print(
+            f"{name:22s}{c:8.3f}{w:8.3f}{100 * (c / base_c - 1):+13.1f}%{100 * (w / base_w - 1):+14.1f}%"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs="+", default=[2, 4, 96, 96, 96])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--train-step", action="store_true", help="also the training-step table")
+    ap.add_argument("--train-only", action="store_true", help="only the training-step table")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.train_step or args.train_only:
+        train_step_bench(args.repeats, args.threads)
+    if args.train_only:
+        return
     torch.manual_seed(0)
     shape = tuple(args.shape)
     logits = torch.randn(shape) * 3
     labels = (logits + torch.randn(shape) * 2).argmax(1)
-    t = torch.nn.functional.one_hot(labels, shape[1]).movedim(-1, 1).float().contiguous()
+    # one-hot targets built as in the README: a channel-last view, not copied
+    t = torch.nn.functional.one_hot(labels, shape[1]).movedim(-1, 1).float()
     p = logits.softmax(1).requires_grad_()
-
     # both our losses agree with their references before anything is timed
     for ours, ref in ((HardL1ACELoss(), loop_hard_ace), (SoftL1ACELoss(), loop_soft_ace)):
         a, b = ours(p, t).item(), ref(p, t).item()

@@ -13,12 +13,14 @@ linearly by distance (all of it to the end bin beyond the outermost centres). Th
 value is decided on its float32 rounding (as MONAI does), whatever the input dtype.
 
 On CPU the work is done by fused, parallel numba kernels (:mod:`calibseg._kernels`,
-imported on first use and cached on disk); CUDA tensors use the vectorised torch path.
+imported on first use and cached on disk), which read the tensors in place (any strides, half
+and integer dtypes); CUDA tensors use the vectorised torch path.
 Set ``CALIBSEG_NO_NUMBA=1`` to force the torch path everywhere.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -51,7 +53,6 @@ _MAX_KERNEL_BINS = 1 << 16
 # (or a [C, K, K] dataset histogram) beyond it only exhaust memory
 MAX_NUM_BINS = 1 << 16
 _KERNEL_P = (torch.float32, torch.float64)
-_KERNEL_Y = (torch.float32, torch.float64, torch.uint8, torch.bool)
 
 
 def bin_edges(num_bins: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -327,53 +328,53 @@ def _inv_width(num_bins: int) -> float:
     return num_bins / (1.0 + _EPS32)
 
 
-def _kernel_target(y: torch.Tensor, fallback: torch.dtype) -> torch.Tensor:
-    """Targets in a dtype the kernels read directly (bool is viewed as uint8, no copy)."""
-    if y.dtype == torch.bool:
-        return y.view(torch.uint8) if y.is_contiguous() else y.to(torch.uint8)
-    if y.dtype in _KERNEL_Y:
-        return y
-    return y.to(fallback)
+_HALF_KINDS = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.uint16: "uint16"}
 
 
-def _chunks(
-    y_pred: torch.Tensor, y: torch.Tensor, chunk_size: int
-) -> Iterable[tuple[int, int, torch.Tensor, torch.Tensor]]:
-    """Yield ``(row0, row1, p [rows, n], y [rows, n])`` blocks in kernel dtypes.
-
-    Inputs already in kernel dtypes and contiguous are yielded whole (no copy); otherwise
-    pieces of at most ~``chunk_size`` values are converted/copied one at a time.
+def _kernel_array(kern: ModuleType, t: torch.Tensor) -> tuple | None:
+    """``(array [B, C, N], table)``: a numpy view of ``t``'s own storage (no copy, any strides)
+    in a dtype the kernels read, with its 16-bit table (float16, bfloat16, uint16) or
+    ``kern.no_table``; None when the spatial dims of ``t`` cannot be merged into one stride.
     """
+    b, c = t.shape[:2]
+    try:
+        v = t.detach().view(b, c, -1)
+    except RuntimeError:  # e.g. a crop of a larger volume: strides of the spatial dims differ
+        return None
+    kind = _HALF_KINDS.get(t.dtype)
+    if kind is not None:
+        return v.view(torch.uint16).numpy(), kern.HALF_TABLES[kind]
+    if t.dtype == torch.bool:
+        v = v.view(torch.uint8)
+    a = v.numpy()
+    return a, kern.no_table(a.dtype)
+
+
+def _span(kern: ModuleType, *arrays) -> int:
+    """Voxels of one class visited before the next: one tile if any array is stored with its
+    classes closer in memory than its voxels (channel-last), else a whole block (row order)."""
+    for a in arrays:
+        if a.shape[1] > 1 and a.shape[2] > 1 and abs(a.strides[1]) < abs(a.strides[2]):
+            return kern.TILE
+    return kern.block_voxels(arrays[0].shape[1])
+
+
+def _target_sums_int(y: torch.Tensor, soft: bool) -> bool:
+    """Whether hard target sums can be exact int64 (bool and integer targets read as such)."""
+    return not soft and not y.is_floating_point() and y.dtype != torch.uint16
+
+
+def _slabs(
+    y_pred: torch.Tensor, y: torch.Tensor, chunk_size: int
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Contiguous copies of ``(y_pred, y)`` in slabs of the first spatial axis, each about
+    ``chunk_size`` values, for inputs whose spatial dims cannot be viewed as one axis."""
     b, c = y_pred.shape[:2]
-    rows = b * c
-    direct = (
-        y_pred.dtype in _KERNEL_P
-        and y.dtype in _KERNEL_Y
-        and y_pred.is_contiguous()
-        and y.is_contiguous()
-    )
-    if direct:
-        yield 0, rows, y_pred.reshape(rows, -1), _kernel_target(y.reshape(rows, -1), torch.float32)
-        return
-    pdt = y_pred.dtype if y_pred.dtype in _KERNEL_P else torch.float32
-    if y_pred.is_contiguous() and y.is_contiguous():
-        p2, y2 = y_pred.reshape(rows, -1), y.reshape(rows, -1)
-        n = p2.shape[1]
-        cols = max(1, chunk_size // max(rows, 1))
-        for s in range(0, n, cols):
-            pc = p2[:, s : s + cols].to(pdt, copy=True)
-            yield 0, rows, pc, _kernel_target(y2[:, s : s + cols].contiguous(), torch.float32)
-        return
-    # strided inputs: copy slabs of the first spatial axis of one (image, class) at a time
     spatial = y_pred.shape[2:]
-    per_slice = max(1, int(torch.tensor(spatial[1:]).prod()) if len(spatial) > 1 else 1)
+    per_slice = b * c * max(1, math.prod(spatial[1:]))
     step = max(1, chunk_size // per_slice)
-    for r in range(rows):
-        bi, ci = divmod(r, c)
-        for s in range(0, spatial[0], step):
-            pc = y_pred[bi, ci, s : s + step].to(pdt, copy=True).reshape(1, -1)
-            yc = y[bi, ci, s : s + step].contiguous().reshape(1, -1)
-            yield r, r + 1, pc, _kernel_target(yc, torch.float32)
+    for s in range(0, spatial[0], step):
+        yield y_pred[:, :, s : s + step].contiguous(), y[:, :, s : s + step].contiguous()
 
 
 def _kernel_bin_stats(
@@ -385,73 +386,71 @@ def _kernel_bin_stats(
     soft: bool,
     chunk_size: int,
 ) -> tuple[BinStats, int, int]:
-    """BinStats via the numba kernels, plus the numbers of out-of-range/NaN values in p and y."""
+    """BinStats via the numba kernels, plus the numbers of out-of-range/NaN values in p and y.
+
+    Inputs are read in place whatever their strides and dtypes; only inputs whose spatial dims
+    cannot be merged into one axis (crops of a larger volume) are copied, in slabs of about
+    ``chunk_size`` values.
+    """
     b, c = y_pred.shape[:2]
-    rows = b * c
-    int_y = y.dtype == torch.bool or (not y.is_floating_point() and y.dtype in _KERNEL_Y)
-    w = torch.zeros(rows, num_bins, dtype=torch.float64 if soft else torch.int64)
-    sp = torch.zeros(rows, num_bins, dtype=torch.float64)
-    sy = torch.zeros(rows, num_bins, dtype=torch.int64 if int_y and not soft else torch.float64)
-    bad_p = bad_y = 0
+    w = torch.zeros(b, c, num_bins, dtype=torch.float64 if soft else torch.int64)
+    sp = torch.zeros(b, c, num_bins, dtype=torch.float64)
+    int_y = _target_sums_int(y, soft)
+    sy = torch.zeros(b, c, num_bins, dtype=torch.int64 if int_y else torch.float64)
     wn, spn, syn = w.numpy(), sp.numpy(), sy.numpy()
-    for r0, r1, pc, yc in _chunks(y_pred, y, chunk_size):
+    ap, ay = _kernel_array(kern, y_pred), _kernel_array(kern, y)
+    pieces = [(ap, ay)] if ap is not None and ay is not None else None
+    if pieces is None:
+        pieces = (
+            (_kernel_array(kern, pc), _kernel_array(kern, yc))
+            for pc, yc in _slabs(y_pred, y, chunk_size)
+        )
+    bad_p = bad_y = 0
+    for (p_arr, tp), (y_arr, ty) in pieces:
+        span = _span(kern, p_arr, y_arr)
         if soft:
-            bp, by = kern.run(
-                kern.soft_hist,
-                pc.numpy(),
-                yc.numpy(),
-                _inv_width(num_bins),
-                num_bins,
-                wn[r0:r1],
-                spn[r0:r1],
-                syn[r0:r1],
-                kern.BLOCK,
-            )
+            args = (_inv_width(num_bins), num_bins, wn, spn, syn, span)
+            bp, by = kern.run(kern.soft_hist, p_arr, y_arr, tp, ty, *args)
         else:
             lo, hi = _kernel_edges(kern, num_bins, right)
-            bp, by = kern.run(
-                kern.hard_hist,
-                pc.numpy(),
-                yc.numpy(),
-                lo,
-                hi,
-                wn[r0:r1],
-                spn[r0:r1],
-                syn[r0:r1],
-                kern.BLOCK,
-            )
+            bp, by = kern.run(kern.hard_hist, p_arr, y_arr, tp, ty, lo, hi, wn, spn, syn, span)
         bad_p += int(bp)
         bad_y += int(by)
-        del pc, yc  # release this chunk before the next one is made
-    shape = (b, c, num_bins)
-    stats = BinStats(w.view(shape), sp.view(shape), sy.to(torch.float64).view(shape))
+    stats = BinStats(w, sp, sy.to(torch.float64))
     return stats, bad_p, bad_y
 
 
 class _BinnedSums(torch.autograd.Function):
-    """Fused per-bin sums (numba forward) with a gather backward; CPU only."""
+    """Fused per-bin sums (numba forward) with a gather backward; CPU only.
+
+    ``p`` (float32/float64) and ``y`` are read in place (any strides; half/bool/integer targets
+    as stored) when their spatial dims merge into one axis, else from contiguous copies.
+    """
 
     @staticmethod
     def forward(ctx, p, y, num_bins, right, soft):  # type: ignore[override]
         kern = _kernels()
         b, c = p.shape[:2]
-        rows = b * c
-        p2 = p.detach().reshape(rows, -1).numpy()
-        y2 = y.detach().reshape(rows, -1).numpy()
-        int_y = y.dtype == torch.uint8
-        w = torch.zeros(rows, num_bins, dtype=torch.float64 if soft else torch.int64)
-        sp = torch.zeros(rows, num_bins, dtype=torch.float64)
-        sy = torch.zeros(rows, num_bins, dtype=torch.int64 if int_y and not soft else torch.float64)
+        ap, ay = _kernel_array(kern, p), _kernel_array(kern, y)
+        if ap is None or ay is None:
+            p, y = p.contiguous(), y.contiguous()
+            ap, ay = _kernel_array(kern, p), _kernel_array(kern, y)
+        (p_arr, tp), (y_arr, ty) = ap, ay
+        int_y = _target_sums_int(y, soft)
+        w = torch.zeros(b, c, num_bins, dtype=torch.float64 if soft else torch.int64)
+        sp = torch.zeros(b, c, num_bins, dtype=torch.float64)
+        sy = torch.zeros(b, c, num_bins, dtype=torch.int64 if int_y else torch.float64)
+        span = _span(kern, p_arr, y_arr)
+        outs = (w.numpy(), sp.numpy(), sy.numpy(), span)
         if soft:
             args = (_inv_width(num_bins), num_bins)
-            kern.run(kern.soft_hist, p2, y2, *args, w.numpy(), sp.numpy(), sy.numpy(), kern.BLOCK)
+            kern.run(kern.soft_hist, p_arr, y_arr, tp, ty, *args, *outs)
         else:
             lo, hi = _kernel_edges(kern, num_bins, right)
-            kern.run(kern.hard_hist, p2, y2, lo, hi, w.numpy(), sp.numpy(), sy.numpy(), kern.BLOCK)
+            kern.run(kern.hard_hist, p_arr, y_arr, tp, ty, lo, hi, *outs)
         ctx.save_for_backward(p, y)
         ctx.conf = (num_bins, right, soft)
-        shape = (b, c, num_bins)
-        out = tuple(t.view(shape).to(p.dtype, copy=True) for t in (w, sp, sy))
+        out = tuple(t.to(p.dtype) for t in (w, sp, sy))
         if not soft:  # hard counts have no gradient, nor hard target sums unless y needs one
             ctx.mark_non_differentiable(*out[:1], *out[2:] if not ctx.needs_input_grad[1] else ())
         return out
@@ -466,39 +465,32 @@ class _BinnedSums(torch.autograd.Function):
             return None, None, None, None, None
         kern = _kernels()
         b, c = p.shape[:2]
-        rows = b * c
 
         def table(g: torch.Tensor | None):
             if g is None:
-                return torch.zeros(rows, num_bins, dtype=torch.float64).numpy()
-            return g.detach().to(torch.float64).reshape(rows, num_bins).contiguous().numpy()
+                return torch.zeros(b, c, num_bins, dtype=torch.float64).numpy()
+            return g.detach().to(torch.float64).contiguous().numpy()
 
-        gp = torch.empty_like(p)
-        gy = torch.empty_like(y) if want_y else torch.empty(1, 1, dtype=p.dtype)
-        p2 = p.detach().reshape(rows, -1).numpy()
-        gp2 = gp.reshape(rows, -1).numpy()
-        gy2 = gy.reshape(rows if want_y else 1, -1).numpy()
+        def grad_like(t: torch.Tensor) -> torch.Tensor:
+            """An uninitialised gradient in t's layout (p's dtype), viewable as [B, C, N]."""
+            g = torch.empty_like(t, dtype=p.dtype)
+            return g if _kernel_array(kern, g) is not None else torch.empty(t.shape, dtype=p.dtype)
+
+        gp = grad_like(p)
+        gy = grad_like(y) if want_y else torch.empty(1, 1, 1, dtype=p.dtype)
+        (p_arr, tp), (gp_arr, _) = _kernel_array(kern, p), _kernel_array(kern, gp)
+        gy_arr = _kernel_array(kern, gy)[0]
+        span = _span(kern, p_arr, gp_arr, gy_arr) if want_y else _span(kern, p_arr, gp_arr)
         if soft:
-            y2 = y.detach().reshape(rows, -1).numpy()
-            kern.run(
-                kern.soft_grad,
-                p2,
-                y2,
-                _inv_width(num_bins),
-                num_bins,
-                table(g_w),
-                table(g_sp),
-                table(g_sy),
-                gp2,
-                gy2,
-                want_y,
-                kern.BLOCK,
-            )
+            y_arr, ty = _kernel_array(kern, y)
+            tables = (table(g_w), table(g_sp), table(g_sy))
+            args = (_inv_width(num_bins), num_bins, *tables, gp_arr, gy_arr, want_y, span)
+            kern.run(kern.soft_grad, p_arr, y_arr, tp, ty, *args)
         else:
             lo, hi = _kernel_edges(kern, num_bins, right)
-            kern.run(
-                kern.hard_grad, p2, lo, hi, table(g_sp), table(g_sy), gp2, gy2, want_y, kern.BLOCK
-            )
+            args = (lo, hi, table(g_sp), table(g_sy), gp_arr, gy_arr, want_y, span)
+            kern.run(kern.hard_grad, p_arr, tp, *args)
+        gy = gy.to(y.dtype) if want_y and gy.dtype != y.dtype else gy
         return (gp if want_p else None), (gy if want_y else None), None, None, None
 
 
@@ -559,8 +551,8 @@ def binned_sums(
     if kern is None or y_pred.numel() == 0:
         return _binned_sums_reference(y_pred, y, num_bins, right, soft)
     p = y_pred if y_pred.dtype in _KERNEL_P else y_pred.float()
-    g = _kernel_target(y, p.dtype)
-    return _BinnedSums.apply(p.contiguous(), g.contiguous(), num_bins, bool(right), bool(soft))
+    g = y if y.dtype != torch.bool else y.view(torch.uint8)
+    return _BinnedSums.apply(p, g, num_bins, bool(right), bool(soft))
 
 
 def binned_means(
@@ -638,11 +630,12 @@ def compute_bin_stats(
 ) -> BinStats:
     """Exact per-bin statistics of ``y_pred`` vs ``y`` (both ``[B, C, *spatial]``).
 
-    Integer counts (hard) and float64 sums of the values as given (float16/float32/float64
-    probabilities; float, bool or uint8 targets). On CPU one fused parallel pass over the data
-    with range/NaN validation folded in; inputs that need a dtype conversion or are not
-    contiguous are converted ``chunk_size`` values at a time, so the extra memory stays
-    bounded. CUDA tensors use the chunked torch path.
+    Integer counts (hard) and float64 sums of the values as given (float16/bfloat16/float32/
+    float64 probabilities; floating, bool or integer targets). On CPU one fused parallel pass
+    over the data with range/NaN validation folded in, reading the tensors in place whatever
+    their dtype and strides (channel-last, sliced along B or C); only inputs whose spatial dims
+    cannot be viewed as one axis (crops) are copied, ``chunk_size`` values at a time, so the
+    extra memory stays bounded. CUDA tensors use the chunked torch path.
     """
     check_num_bins(num_bins)
     validate_pair(y_pred, y, check_range=False)

@@ -42,6 +42,9 @@ __all__ = [
     "write_json",
     "redact",
     "friendly_errors",
+    "describe_remote_error",
+    "UnsafePathError",
+    "confined_path",
     "PART_SIZE",
     "file_etag",
     "file_sha256",
@@ -173,9 +176,12 @@ def local_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator
     try:
         yield tmp
         _publish(tmp, target)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
+            # name the file the user asked for, not the temporary one (e.g. disk full)
+            raise type(e)(e.errno, e.strerror or os.strerror(e.errno), target) from e
         raise
 
 
@@ -186,6 +192,40 @@ def _publish(tmp: str, target: str) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, target)
+
+
+class UnsafePathError(ValueError):
+    """A remote key that would be written outside its local destination folder."""
+
+
+def confined_path(dest: str | os.PathLike, rel: str) -> str:
+    """The local path of ``rel`` (a key relative to a remote prefix) under folder ``dest``.
+
+    Every remote→local copy goes through this check. The target is resolved (``..`` and
+    symbolic links followed) and must lie strictly inside ``dest``.
+
+    Raises:
+        UnsafePathError: ``rel`` is empty, absolute (``/x``, ``C:x``), contains a backslash or
+            a NUL byte, or resolves outside ``dest``.
+    """
+    text = str(rel)
+    shown = repr(redact(text))
+    if not text or text in (".", "/"):
+        raise UnsafePathError(f"refusing an empty object key for {dest}.")
+    if "\\" in text or "\0" in text:
+        raise UnsafePathError(
+            f"refusing object key {shown}: backslashes and NUL bytes are not allowed in keys "
+            "copied to a local folder."
+        )
+    if text.startswith("/") or os.path.isabs(text) or (len(text) > 1 and text[1] == ":"):
+        raise UnsafePathError(f"refusing absolute object key {shown} (destination {dest}).")
+    root = os.path.realpath(os.path.abspath(_strip_file(str(dest))))
+    target = os.path.realpath(os.path.join(root, text))
+    if os.path.commonpath([root, target]) != root or target == root:
+        raise UnsafePathError(
+            f"refusing object key {shown}: it would be written outside {dest} (to {target})."
+        )
+    return target
 
 
 def _cache_dir() -> str:
@@ -214,8 +254,7 @@ def local_path(path: str | os.PathLike) -> Iterator[str]:
             raise FileNotFoundError(f"no such file: {redact(s)}") from None
     tag = f"{s}|{info.get('size')}|{info.get('ETag') or info.get('etag') or info.get('mtime')}"
     key = hashlib.sha256(tag.encode()).hexdigest()[:24]
-    name = os.path.basename(p)
-    cached = os.path.join(_cache_dir(), key, name)
+    cached = confined_path(os.path.join(_cache_dir(), key), os.path.basename(p.rstrip("/")))
     if not os.path.exists(cached):
         os.makedirs(os.path.dirname(cached), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(cached), suffix=".part")
@@ -342,13 +381,13 @@ def _etag_matches(local: str, etag: str, default_part: int) -> bool:
     return False
 
 
-def _error_message(exc: BaseException, url: str) -> str | None:
+def _error_message(exc: BaseException, url: str | None) -> str | None:
     """A one-line explanation for a storage failure, or None if not a storage error."""
     from calibseg import storage_config
 
     text = f"{type(exc).__name__}: {exc}"
     low = text.lower()
-    where = redact(url)
+    where = redact(url) if url else "the S3 object"
     endpoint = redact(storage_config.endpoint_url() or "the AWS default endpoint")
     if any(
         k in low
@@ -368,6 +407,8 @@ def _error_message(exc: BaseException, url: str) -> str | None:
             "AWS_SECRET_ACCESS_KEY (environment or .env)."
         )
     if "nosuchbucket" in low or "bucket does not exist" in low or "specified bucket" in low:
+        if not url:
+            return f"the S3 bucket does not exist at {endpoint} (create it or fix the URL)."
         bucket = where.split("://", 1)[-1].split("/", 1)[0]
         return f"S3 bucket '{bucket}' does not exist at {endpoint} (create it or fix the URL)."
     if "accessdenied" in low or "access denied" in low or isinstance(exc, PermissionError):
@@ -403,6 +444,13 @@ def _error_message(exc: BaseException, url: str) -> str | None:
     ):
         return f"transfer of {where} was interrupted ({type(exc).__name__}); rerun to resume."
     return None
+
+
+def describe_remote_error(exc: BaseException) -> str | None:
+    """One line (no credentials) for an S3/network failure raised by s3fs/botocore anywhere,
+    e.g. an unreachable endpoint, rejected credentials ("Forbidden") or a missing bucket;
+    None when ``exc`` is not such a failure."""
+    return _error_message(exc, None)
 
 
 @contextmanager
@@ -478,7 +526,10 @@ def _probe(fs, p: str, url: str) -> dict:
 
 def _entry(info: dict, base: str, proto: str | None) -> dict[str, Any]:
     name = info["name"]
-    rel = name[len(base) :].lstrip("/") if name.startswith(base) else os.path.basename(name)
+    # strip only the one separator after the prefix: "prefix//etc/x" stays absolute ("/etc/x")
+    # so that confined_path refuses it instead of silently renaming it
+    rel = name[len(base) :] if name.startswith(base) else os.path.basename(name)
+    rel = rel[1:] if rel.startswith("/") and base else rel
     etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
     return {"path": _url(None, name, proto), "rel": rel, "size": int(info["size"]), "etag": etag}
 
@@ -599,7 +650,9 @@ def pull(
     """Download a remote object or prefix (recursively) into a local file or folder.
 
     Local files identical to the object (size + ETag, or the object's SHA-256 metadata) are
-    skipped. Each file is written to a temporary name and renamed when complete, so an
+    skipped. Every key is checked with :func:`confined_path` before anything is written: a
+    key leaving the destination (``..``), an absolute key or one with a backslash raises
+    :class:`UnsafePathError` and nothing is copied. Each file is written to a temporary name and renamed when complete, so an
     interrupted pull never leaves a partial file under the final name.
     """
     src, dst = str(src), str(dst)
@@ -621,9 +674,10 @@ def pull(
             meta = fs.metadata(e["path"].split("://", 1)[1])
             return meta.get("sha256") == file_sha256(d["path"])
 
+        targets = {e["rel"]: confined_path(base, e["rel"]) for e in sources}  # check all first
         present = {}
         for e in sources:
-            lp = os.path.join(base, e["rel"])
+            lp = targets[e["rel"]]
             if os.path.isfile(lp):
                 present[e["rel"]] = {"path": lp, "size": os.path.getsize(lp)}
         todo, skip = _plan(sources, present, same)
@@ -634,7 +688,7 @@ def pull(
             result.copied = [e["rel"] for e in todo]
             return result
         for e in todo:
-            with local_output(os.path.join(base, e["rel"])) as tmp:
+            with local_output(targets[e["rel"]]) as tmp:
                 fs.get_file(e["path"].split("://", 1)[1], tmp, callback=_byte_callback(on_bytes))
             result.copied.append(e["rel"])
             result.bytes += e["size"]

@@ -22,6 +22,7 @@ one fixed rater (:class:`SelectRaterd`) or one random rater per call (:class:`Ra
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -125,11 +126,17 @@ class _Regionsd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
-            if self.softmax:
-                d[key] = probabilities_to_regions(d[key], self.regions)
-            else:
-                d[key] = labels_to_regions(d[key], self.regions, self.raw_brats)
+            x = d[key]
+            # a list/tuple is the output of a deep-supervision network: one map per head
+            d[key] = (
+                [self._convert(v) for v in x] if isinstance(x, (list, tuple)) else self._convert(x)
+            )
         return d
+
+    def _convert(self, x: NdarrayOrTensor) -> NdarrayOrTensor:
+        if self.softmax:
+            return probabilities_to_regions(x, self.regions)
+        return labels_to_regions(x, self.regions, self.raw_brats)
 
 
 class ConvertToKits23Classesd(_Regionsd):
@@ -142,7 +149,8 @@ class ConvertToKits23Classesd(_Regionsd):
 
 class ConvertToKits23ClassesSoftmaxd(_Regionsd):
     """KiTS23 softmax ``[4, *spatial]`` → summed region probabilities ``[4, *spatial]``:
-    p(background), p(tumour), p(tumour)+p(cyst), p(kidney)+p(tumour)+p(cyst)."""
+    p(background), p(tumour), p(tumour)+p(cyst), p(kidney)+p(tumour)+p(cyst). A list of such
+    maps (deep-supervision heads) gives a list, each converted."""
 
     regions = KITS23_REGIONS
     softmax = True
@@ -174,9 +182,19 @@ def _stack_annotations(
     t0 = convert_to_tensor(first, track_meta=False)
     if num_classes is None:
         if t0.shape[0] == 1:
-            raise ValueError(
-                "num_classes is required when rater labels are class indices [1, ...]."
-            )
+            masks = [convert_to_tensor(d[k], track_meta=False).float() for k in keys]
+            shapes = {tuple(m.shape) for m in masks}
+            if len(shapes) != 1:
+                raise ValueError(
+                    f"rater labels {list(keys)} have different shapes: {sorted(shapes)}."
+                )
+            stacked = torch.stack(masks)
+            if bool(((stacked != 0) & (stacked != 1)).any()):
+                raise ValueError(
+                    "rater labels [1, ...] with values other than 0/1 are class indices: give "
+                    "num_classes to average them as one-hot labels."
+                )
+            return stacked  # binary masks: the mean is the fraction of raters, [1, *spatial]
         num_classes = int(t0.shape[0])
     hots = [_one_hot(convert_to_tensor(d[k], track_meta=False), num_classes) for k in keys]
     shapes = {tuple(h.shape) for h in hots}
@@ -188,8 +206,15 @@ def _stack_annotations(
 class AverageAnnotationsd(MapTransform):
     """Mean of the rater labels under ``keys`` → soft label ``[C, *spatial]`` under ``output_key``.
 
-    Each rater label is ``[1, *spatial]`` class indices (needs ``num_classes``) or
-    ``[C, *spatial]`` one-hot/soft. The output is float32 and sums to one over channels.
+    Each rater label is ``[1, *spatial]`` class indices (with ``num_classes``: averaged as
+    one-hot, the output sums to one over channels), a ``[1, *spatial]`` binary mask (without
+    ``num_classes``: the output ``[1, *spatial]`` is the fraction of raters marking each voxel,
+    as in the paper's code) or ``[C, *spatial]`` one-hot/soft. The output is float32; the rater
+    keys are kept.
+
+    Raises:
+        ValueError: index labels with values other than 0/1 and no ``num_classes``; raters of
+            different shapes.
     """
 
     def __init__(
@@ -217,6 +242,8 @@ class RandomWeightedAverageAnnotationsd(Randomizable, MapTransform):
     Weights ~ Dirichlet(``alpha``·1) are drawn anew on every call from the transform's
     random state (seed it with ``set_random_state`` or ``monai.utils.set_determinism``).
     ``alpha`` = 1 is uniform over the simplex; large ``alpha`` approaches the plain mean.
+    Labels as in :class:`AverageAnnotationsd`. ``prob`` is the paper's argument; as there the
+    combination is applied on every call (a ``prob`` other than 1 is ignored with a warning).
     """
 
     def __init__(
@@ -226,10 +253,16 @@ class RandomWeightedAverageAnnotationsd(Randomizable, MapTransform):
         num_classes: int | None = None,
         alpha: float = 1.0,
         allow_missing_keys: bool = False,
+        *,
+        prob: float = 1.0,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         if alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {alpha}.")
+        if float(prob) != 1.0:
+            warnings.warn(
+                f"prob={prob} is ignored: the combination is applied on every call.", stacklevel=2
+            )
         self.output_key = output_key
         self.num_classes = num_classes
         self.alpha = float(alpha)

@@ -13,15 +13,23 @@ kern = pytest.importorskip("calibseg._kernels")
 
 
 def _stats(kernel, p, y, num_bins, right, *extra):
-    rows = p.shape[0] * p.shape[1]
+    """Run a hard kernel on ``[B, C, N]`` tensors (blocks of 1000 voxels); (cnt, sp, sy, bad)."""
+    b, c = p.shape[:2]
     int_y = not y.is_floating_point()
-    cnt = torch.zeros(rows, num_bins, dtype=torch.int64)
-    sp = torch.zeros(rows, num_bins, dtype=torch.float64)
-    sy = torch.zeros(rows, num_bins, dtype=torch.int64 if int_y else torch.float64)
+    cnt = torch.zeros(b, c, num_bins, dtype=torch.int64)
+    sp = torch.zeros(b, c, num_bins, dtype=torch.float64)
+    sy = torch.zeros(b, c, num_bins, dtype=torch.int64 if int_y else torch.float64)
     lo, hi = kern.hard_edges(num_bins, B.bin_edges(num_bins)[1:].numpy(), right)
-    p2, y2 = p.reshape(rows, -1).numpy(), y.reshape(rows, -1).numpy()
-    bad = kernel(p2, y2, lo, hi, cnt.numpy(), sp.numpy(), sy.numpy(), 1000, *extra)
-    return cnt, sp, sy.double(), bad
+    p3, y3 = p.reshape(b, c, -1).numpy(), y.reshape(b, c, -1).numpy()
+    tables = (kern.no_table(p3.dtype), kern.no_table(y3.dtype), lo, hi)
+    outs = (cnt.numpy(), sp.numpy(), sy.numpy())
+    if kernel is kern.hard_hist:
+        bad = kernel(p3, y3, *tables, *outs, 1000)
+    elif kernel is kern.hard_hist_wide:
+        bad = kernel(p3, y3, *tables, *outs, 1000)
+    else:
+        bad = kernel(p3, y3, *tables, *outs, 1000, 1000, *extra)
+    return cnt.view(b * c, -1), sp.view(b * c, -1), sy.double().view(b * c, -1), bad
 
 
 @pytest.mark.parametrize("num_bins", [1, 3, 20, kern.NARROW_BINS])

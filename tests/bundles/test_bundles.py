@@ -74,12 +74,12 @@ def test_splits_and_data_yaml(tmp_path, synth_root):
     assert meta["calibseg"] == {"dataset": "synthetic", "loss": "softl1ace_ce"}
 
 
-def test_nine_losses_parse_to_the_right_classes(tmp_path, synth_root):
+def test_losses_parse_to_the_right_classes(tmp_path, synth_root):
     import torch
 
     from calibseg import losses as L
 
-    assert len(LOSSES) == 9
+    assert len(LOSSES) == 12  # 3 kinds × 3 baselines, and the paper's preset of the Dice+CE three
     expected = {
         "baseline_ce": L.CrossEntropyLoss,
         "hardl1ace_dice_ce": L.HardL1ACEandDiceCELoss,
@@ -100,6 +100,10 @@ def test_nine_losses_parse_to_the_right_classes(tmp_path, synth_root):
         assert torch.isfinite(value) and value.ndim == 0
         if loss.startswith("baseline"):
             assert parser.get("ace_weight") == 0.0
+        elif loss.endswith("_paper"):
+            # the paper's compound: ACE, Dice and CE weighted 0.33 each; empty classes left out
+            assert fn.ace_weight == fn.dice_weight == fn.ce_weight == 0.33
+            assert fn.ace.ignore_empty_classes is True
         else:
             assert fn.ace_weight == parser.get("ace_weight") == 1.0
     # the ACE loss is the baseline plus the weighted ACE term
@@ -109,7 +113,7 @@ def test_nine_losses_parse_to_the_right_classes(tmp_path, synth_root):
     hard = load_bundle(
         create_bundle("synthetic", "hardl1ace_dice_ce", out=str(tmp_path), data_root=synth_root)
     )
-    ace = L.HardL1ACELoss(num_bins=20, softmax=True)(logits, y)
+    ace = L.HardL1ACELoss(num_bins=20, softmax=True, ignore_empty_classes=False)(logits, y)
     torch.testing.assert_close(
         hard.get_parsed_content("loss_def")(logits, y),
         base.get_parsed_content("loss_def")(logits, y) + ace,

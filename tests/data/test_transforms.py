@@ -59,6 +59,21 @@ def test_softmax_regions_sum_probabilities():
         ConvertToKits23ClassesSoftmaxd("pred")({"pred": torch.ones(3, 2, 2)})
 
 
+def test_softmax_regions_of_deep_supervision_lists():
+    # a deep-supervision network gives one softmax map per head, at different sizes
+    full = torch.tensor([0.1, 0.2, 0.3, 0.4]).view(4, 1, 1).expand(4, 2, 2)
+    half = torch.tensor([0.7, 0.1, 0.1, 0.1]).view(4, 1, 1)
+    for cls, want_full, want_half in (
+        (ConvertToKits23ClassesSoftmaxd, [0.1, 0.3, 0.7, 0.9], [0.7, 0.1, 0.2, 0.3]),
+        (ConvertToBratsClassesSoftmaxd, [0.1, 0.4, 0.6, 0.9], [0.7, 0.1, 0.2, 0.3]),
+    ):
+        out = cls("pred")({"pred": [full, half]})["pred"]
+        assert isinstance(out, list) and len(out) == 2
+        assert out[0].shape == (4, 2, 2) and out[1].shape == (4, 1, 1)
+        torch.testing.assert_close(out[0][:, 1, 0], torch.tensor(want_full))
+        torch.testing.assert_close(out[1].flatten(), torch.tensor(want_half))
+
+
 def test_regions_keep_metatensor_meta():
     lab = MetaTensor(torch.tensor(LABEL), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
     out = ConvertToKits23Classesd("label")({"label": lab})["label"]
@@ -85,8 +100,27 @@ def test_average_annotations_hand_computed():
     )[:, None]
     torch.testing.assert_close(out, expected)
     assert out.dtype == torch.float32
-    with pytest.raises(ValueError, match="num_classes is required"):
+    with pytest.raises(ValueError, match="give num_classes"):
         AverageAnnotationsd(["r1", "r2"], "soft")(RATERS)
+
+
+def test_average_of_binary_masks_needs_no_num_classes():
+    # three raters' binary masks [1, 1, 3]: the output is the fraction of raters per voxel
+    masks = {
+        "a": torch.tensor([[[0, 1, 1]]]),
+        "b": torch.tensor([[[0, 0, 1]]]),
+        "c": torch.tensor([[[1, 0, 1]]]),
+    }
+    out = AverageAnnotationsd(["a", "b", "c"], "soft")(masks)
+    torch.testing.assert_close(out["soft"], torch.tensor([[[1 / 3, 1 / 3, 1.0]]]))
+    assert "a" in out  # rater keys are kept
+    two = AverageAnnotationsd(["a", "b", "c"], "soft", num_classes=2)(masks)["soft"]
+    torch.testing.assert_close(two[1:], out["soft"])
+    torch.testing.assert_close(two[0], 1 - out["soft"][0])
+    w = RandomWeightedAverageAnnotationsd(["a", "b", "c"], "soft")(masks)["soft"]
+    assert w.shape == (1, 1, 3) and float(w[0, 0, 2]) == pytest.approx(1.0)
+    with pytest.warns(UserWarning, match="prob=0.5 is ignored"):
+        RandomWeightedAverageAnnotationsd(["a", "b"], "soft", prob=0.5)
 
 
 def test_random_weighted_average_is_convex_and_seeded():

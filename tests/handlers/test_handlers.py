@@ -176,7 +176,7 @@ def test_reliability_handler_per_epoch(tmp_path):
     eng = _engine()
     BinningDataHandler(num_bins=K).attach(eng)
     h = ReliabilityDiagramHandler(
-        str(tmp_path),
+        output_dir=str(tmp_path),
         num_bins=K,
         include_background=False,
         class_names=["bg", "a", "b"],
@@ -201,11 +201,20 @@ def test_reliability_handler_per_epoch(tmp_path):
 
 def test_reliability_handler_bad_arguments():
     with pytest.raises(ValueError, match="output_dir"):
-        ReliabilityDiagramHandler("")
+        ReliabilityDiagramHandler(output_dir="")
+    with pytest.raises(ValueError, match="output_dir"):
+        ReliabilityDiagramHandler(3)  # draws the dataset figure by default, as the paper's code
     with pytest.raises(ValueError, match="when"):
-        ReliabilityDiagramHandler("x", when="iteration")
+        ReliabilityDiagramHandler(output_dir="x", when="iteration")
+    with pytest.raises(ValueError, match="3 class_names given for num_classes=2"):
+        ReliabilityDiagramHandler(2, output_dir="x", class_names=["a", "b", "c"])
     eng = _engine()
-    ReliabilityDiagramHandler("unused", num_bins=K, class_names=["a", "b"]).attach(eng)
+    ReliabilityDiagramHandler(3, output_dir="unused", num_bins=K).attach(eng)
+    ReliabilityDiagramHandler(2, output_dir="unused", num_bins=K).attach(eng)
+    with pytest.raises(ValueError, match="3 channels but num_classes=2"):
+        eng.run(_batches(n_iter=1, empty=()), max_epochs=1)
+    eng = _engine()
+    ReliabilityDiagramHandler(output_dir="unused", num_bins=K, class_names=["a", "b"]).attach(eng)
     with pytest.raises(ValueError, match="2 class_names given for 3 channels"):
         eng.run(_batches(n_iter=1, empty=()), max_epochs=1)
 

@@ -248,12 +248,14 @@ def test_ignore_empty_classes_is_a_masked_mean(cls):
     t3 = torch.cat([t, torch.zeros(2, 1, 6, 6)], 1)
     base = cls(ignore_empty_classes=True)(p, t)
     assert cls(ignore_empty_classes=True)(p3, t3).item() == pytest.approx(base.item(), rel=1e-6)
-    assert cls()(p3, t3).item() != pytest.approx(base.item(), rel=1e-3)
-    assert cls()(p, t).item() == pytest.approx(base.item(), rel=1e-6)
+    assert cls()(p3, t3).item() == pytest.approx(base.item(), rel=1e-6)  # the default
+    kept = cls(ignore_empty_classes=False)(p3, t3)
+    assert kept.item() != pytest.approx(base.item(), rel=1e-3)
+    assert cls(ignore_empty_classes=False)(p, t).item() == pytest.approx(base.item(), rel=1e-6)
     # 'none' zeroes ignored pairs; 'mean' averages over the kept ones only
     t3[1, 0] = 0
     none = cls(ignore_empty_classes=True, reduction="none")(p3, t3).flatten()
-    full = cls(reduction="none")(p3, t3).flatten()
+    full = cls(ignore_empty_classes=False, reduction="none")(p3, t3).flatten()
     keep = torch.tensor([1, 1, 0, 0, 1, 0], dtype=torch.bool)
     torch.testing.assert_close(none, torch.where(keep, full, torch.zeros_like(full)))
     mean = cls(ignore_empty_classes=True)(p3, t3)

@@ -68,29 +68,35 @@ def test_compound_is_weighted_sum_of_parts(cls, ace_cls, parts):
 
 
 @pytest.mark.parametrize("cls,ace_cls,parts", COMPOUNDS)
-def test_default_weights_add_ace_to_baseline(cls, ace_cls, parts):
+def test_default_weights_are_the_papers(cls, ace_cls, parts):
+    # the paper's defaults: 0.5 each for two parts, 0.33 each for three
     logits, labels, _ = case(seed=1)
+    w = 0.5 if len(parts) == 1 else 0.33
     got = cls(to_onehot_y=True)(logits, labels)
-    want = parts_reference(ace_cls, parts, {"ace": 1, "dice": 1, "ce": 1}, logits, labels, {})
+    want = parts_reference(ace_cls, parts, {"ace": w, "dice": w, "ce": w}, logits, labels, {})
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
-    zero_ace = cls(to_onehot_y=True, ace_weight=0.0)(logits, labels)
+    ones = {f"{p}_weight": 1.0 for p in ("ace", *parts)}
+    added = cls(to_onehot_y=True, **ones)(logits, labels)
+    zero_ace = cls(to_onehot_y=True, **(ones | {"ace_weight": 0.0}))(logits, labels)
     ace = ace_cls(softmax=True, to_onehot_y=True)(logits, labels)
-    assert got.item() - zero_ace.item() == pytest.approx(ace.item(), rel=1e-5)
+    assert added.item() - zero_ace.item() == pytest.approx(ace.item(), rel=1e-5)
 
 
 def test_part_params_choose_their_own_activation_and_options():
     logits, labels, onehot = case()
     loss = HardL1ACEandDiceCELoss(
+        1.0,
+        1.0,
+        1.0,
         ace_params={"sigmoid": True, "num_bins": 5},
         dice_params={"include_background": False},
         ce_params={"weight": [1.0, 2.0, 3.0], "label_smoothing": 0.1},
     )
+    # class-weighted CE of one-hot targets: torch's probability form (mean over voxels)
     want = (
         HardL1ACELoss(sigmoid=True, num_bins=5)(logits, onehot)
         + DiceLoss(softmax=True, include_background=False)(logits, onehot)
-        + F.cross_entropy(
-            logits, labels[:, 0], weight=torch.tensor([1.0, 2.0, 3.0]), label_smoothing=0.1
-        )
+        + F.cross_entropy(logits, onehot, weight=torch.tensor([1.0, 2.0, 3.0]), label_smoothing=0.1)
     )
     assert loss(logits, onehot).item() == pytest.approx(want.item(), rel=1e-6)
 
@@ -112,23 +118,33 @@ def test_compound_half_precision_and_bad_arguments():
         HardL1ACEandDiceLoss()(logits[:, :, 0, 0], labels[:, :, 0, 0])
 
 
-def test_cross_entropy_onehot_equals_indices():
+def test_cross_entropy_follows_torch_for_indices_and_onehot():
     logits, labels, onehot = case()
     for kw in ({}, {"weight": [0.2, 1.0, 3.0]}, {"label_smoothing": 0.2}, {"reduction": "sum"}):
         ce = CrossEntropyLoss(**kw)
         a, b = ce(logits, labels), ce(logits, onehot)
         c = ce(logits, labels.float())
         w = torch.tensor(kw["weight"]) if "weight" in kw else None
-        ref = F.cross_entropy(
-            logits,
-            labels[:, 0],
-            weight=w,
-            label_smoothing=kw.get("label_smoothing", 0.0),
-            reduction=kw.get("reduction", "mean"),
-        )
-        assert a.item() == pytest.approx(ref.item(), rel=1e-6)
-        assert b.item() == pytest.approx(ref.item(), rel=1e-6)
-        assert c.item() == pytest.approx(ref.item(), rel=1e-6)
+        opts = {
+            "weight": w,
+            "label_smoothing": kw.get("label_smoothing", 0.0),
+            "reduction": kw.get("reduction", "mean"),
+        }
+        ref_index = F.cross_entropy(logits, labels[:, 0], **opts)
+        ref_prob = F.cross_entropy(logits, onehot, **opts)
+        assert a.item() == pytest.approx(ref_index.item(), rel=1e-6)
+        assert c.item() == pytest.approx(ref_index.item(), rel=1e-6)
+        assert b.item() == pytest.approx(ref_prob.item(), rel=1e-6)
+        if w is None:  # without class weights both forms are one number
+            assert ref_prob.item() == pytest.approx(ref_index.item(), rel=1e-6)
+    # weighted mean: indices divide by the summed weights, one-hot by the voxel count
+    w = torch.tensor([0.2, 1.0, 3.0])
+    nll = -logits.log_softmax(1).gather(1, labels)[:, 0]
+    wy = w[labels[:, 0]]
+    idx = CrossEntropyLoss(weight=w)(logits, labels).item()
+    hot = CrossEntropyLoss(weight=w)(logits, onehot).item()
+    assert idx == pytest.approx(((wy * nll).sum() / wy.sum()).item(), rel=1e-6)
+    assert hot == pytest.approx(((wy * nll).sum() / nll.numel()).item(), rel=1e-6)
     none = CrossEntropyLoss(reduction="none")(logits, onehot)
     assert none.shape == (2, 1, 6, 5)
 
@@ -180,13 +196,11 @@ def test_zero_ace_weight_equals_monai_baselines(soft_labels):
         target = torch.stack(raters).mean(0)
     baseline = DiceCELoss(softmax=True)(logits, target)
     for cls in (HardL1ACEandDiceCELoss, SoftL1ACEandDiceCELoss):
-        got = cls(ace_weight=0.0)(logits, target)
+        got = cls(ace_weight=0.0, dice_weight=1.0, ce_weight=1.0)(logits, target)
         assert got.item() == pytest.approx(baseline.item(), rel=1e-6)
     dice = DiceLoss(softmax=True)(logits, target)
-    assert HardL1ACEandDiceLoss(ace_weight=0.0)(logits, target).item() == pytest.approx(
-        dice.item(), rel=1e-6
-    )
+    got = HardL1ACEandDiceLoss(ace_weight=0.0, dice_weight=1.0)(logits, target)
+    assert got.item() == pytest.approx(dice.item(), rel=1e-6)
     ce = CrossEntropyLoss()(logits, target)
-    assert SoftL1ACEandCELoss(ace_weight=0.0)(logits, target).item() == pytest.approx(
-        ce.item(), rel=1e-6
-    )
+    got = SoftL1ACEandCELoss(ace_weight=0.0, ce_weight=1.0)(logits, target)
+    assert got.item() == pytest.approx(ce.item(), rel=1e-6)

@@ -1,5 +1,6 @@
 """Dataset reliability histogram and ReliabilityDiagramMetric."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,27 +15,36 @@ from calibseg.metrics import (
 NAN = float("nan")
 
 
-def _histc_reference(mean_gt, num_bins):
-    """Loop reference with torch.histc (flipped so row 0 = highest accuracy)."""
+def _loop_reference(mean_gt, num_bins):
+    """Loop reference: accuracy bin j holds (e_j, e_j+1] (the first also 0) with the float32
+    edges e = linspace(0, 1 + eps, J + 1), i.e. a value on an inner edge counts in the lower
+    bin (DESIGN's binning rule); row 0 = highest accuracy."""
     n, c, k = mean_gt.shape
+    eps = float(np.finfo(np.float32).eps)
+    edges = np.linspace(0.0, 1.0 + eps, num_bins + 1, dtype=np.float32)
     out = torch.zeros(c, num_bins, k)
-    for ci in range(c):
-        for ki in range(k):
-            v = mean_gt[:, ci, ki]
-            out[ci, :, ki] = torch.histc(v[~torch.isnan(v)], num_bins, 0, 1).flip(0)
+    for ni in range(n):
+        for ci in range(c):
+            for ki in range(k):
+                v = np.float32(mean_gt[ni, ci, ki].item())
+                if np.isnan(v):
+                    continue
+                j = next(i for i in range(num_bins) if v <= edges[i + 1])
+                out[ci, num_bins - 1 - j, ki] += 1
     return out
 
 
 def test_heatmap_hand_computed():
-    # 3 cases, 1 class, 2 confidence bins, 2 accuracy bins [0, .5), [.5, 1]
+    # 3 cases, 1 class, 2 confidence bins, 2 accuracy bins [0, .5], (.5, 1]
     mean_gt = torch.tensor([[[0.1, 0.9]], [[0.5, 1.0]], [[NAN, 0.2]]])
     h = calculate_heatmap_from_bins(mean_gt, 2)
     assert h.dtype == torch.int64
-    # column 0: 0.1 -> low row 1, 0.5 -> high row 0; column 1: 0.9, 1.0 -> row 0; 0.2 -> row 1
-    assert h.tolist() == [[[1, 2], [1, 1]]]
+    # column 0: 0.1 and 0.5 (on the edge: lower bin) -> row 1; column 1: 0.9, 1.0 -> row 0,
+    # 0.2 -> row 1
+    assert h.tolist() == [[[0, 2], [2, 1]]]
 
 
-def test_heatmap_matches_histc_reference_including_edges():
+def test_heatmap_matches_loop_reference_including_edges():
     g = torch.Generator().manual_seed(3)
     mean_gt = torch.rand(7, 3, 6, generator=g)
     mean_gt[0, 0] = torch.tensor([0.0, 1.0, 0.5, 1 / 6, NAN, 5 / 6])
@@ -42,7 +52,7 @@ def test_heatmap_matches_histc_reference_including_edges():
     for j in (6, 4):
         h = calculate_heatmap_from_bins(mean_gt, j)
         assert h.shape == (3, j, 6)
-        assert torch.equal(h.float(), _histc_reference(mean_gt, j))
+        assert torch.equal(h.float(), _loop_reference(mean_gt, j))
         # each non-empty (case, class, bin) is counted once
         assert int(h.sum()) == int((~torch.isnan(mean_gt)).sum())
 
@@ -77,10 +87,12 @@ def test_metric_aggregate_heatmap_and_pooled_bins():
     m = ReliabilityDiagramMetric(num_bins=5, include_background=False, class_names=["bg", "a", "b"])
     m(p[:3], y[:3])
     m(p[3:], y[3:], case_names=["last"])
-    heat, agg = m.aggregate()
+    heat = m.aggregate()
+    agg = m.aggregated
+    assert heat is m.heatmap
     ref = compute_bin_stats(p[:, 1:], y[:, 1:], 5)
     assert heat.shape == (2, 5, 5) and agg.shape == (2, 3, 5)
-    assert torch.equal(heat.float(), _histc_reference(ref.means()[1].float(), 5))
+    assert torch.equal(heat.float(), _loop_reference(ref.means()[1].float(), 5))
     mp, mg, cnt = (t[0] for t in ref.total().means())
     torch.testing.assert_close(agg, torch.stack([mp, mg, cnt], dim=1))
     assert m.case_names == ["case_0", "case_1", "case_2", "last"]
@@ -100,6 +112,13 @@ def test_metric_list_input_of_different_sizes():
 def test_metric_bad_input():
     with pytest.raises(ValueError, match="output_dir"):
         ReliabilityDiagramMetric(draw_dataset_diagrams=True)
+    with pytest.raises(ValueError, match="output_dir"):
+        ReliabilityDiagramMetric(draw_case_diagrams=True)
+    assert ReliabilityDiagramMetric().draw_dataset_diagrams is False  # no folder, no figure
+    with pytest.raises(ValueError, match="3 class_names given for num_classes=2"):
+        ReliabilityDiagramMetric(2, class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="3 channels but num_classes=2"):
+        ReliabilityDiagramMetric(num_classes=2)(torch.rand(1, 3, 4), torch.zeros(1, 3, 4))
     with pytest.raises(ValueError, match="fmt"):
         ReliabilityDiagramMetric(fmt="jpg")
     m = ReliabilityDiagramMetric(class_names=["a", "b"])

@@ -57,7 +57,7 @@ def test_train_then_predict(tiny_bundle, trained):
 
 @pytest.mark.slow
 def test_interrupt_and_resume_equals_uninterrupted(tiny_bundle, trained, monkeypatch):
-    ref = torch.load(os.path.join(trained, "checkpoints", "last.pt"), weights_only=False)
+    ref = torch.load(os.path.join(trained, "checkpoints", "last.pt"), weights_only=True)
 
     calls = {"n": 0}
     real_validate = R._validate
@@ -72,12 +72,12 @@ def test_interrupt_and_resume_equals_uninterrupted(tiny_bundle, trained, monkeyp
     with pytest.raises(KeyboardInterrupt):
         R.train(tiny_bundle, seed=0, run_name="interrupted")
     ckpt_dir = os.path.join(tiny_bundle, "interrupted", "checkpoints")
-    half = torch.load(os.path.join(ckpt_dir, "last.pt"), weights_only=False)
+    half = torch.load(os.path.join(ckpt_dir, "last.pt"), weights_only=True)
     assert half["epoch"] == 1 and not any(".part" in n for n in os.listdir(ckpt_dir))
 
     monkeypatch.setattr(R, "_validate", real_validate)
     R.train(tiny_bundle, seed=0, run_name="interrupted")  # resumes at epoch 2
-    res = torch.load(os.path.join(ckpt_dir, "last.pt"), weights_only=False)
+    res = torch.load(os.path.join(ckpt_dir, "last.pt"), weights_only=True)
     assert res["epoch"] == ref["epoch"] == 2
     for k, v in ref["model"].items():
         assert torch.equal(v, res["model"][k]), k

@@ -2,7 +2,7 @@
 
 A bundle is ``<out>/<data>_<loss>_<hash8>/`` with ``configs/{common,train,validation,
 inference_pred,inference_eval,debug,loss,data}.yaml``, ``metadata.json``, ``logging.conf`` and
-``splits.json``. ``hash8`` is the first 8 hex digits of SHA-256 over the rendered files (fixed
+``splits.json`` (and ``.complete``, written last). ``hash8`` is the first 8 hex digits of SHA-256 over the rendered files (fixed
 order, relative path and bytes), so any config change gives a new name and the same configs
 give the same name. An existing bundle folder is never overwritten.
 """
@@ -31,6 +31,8 @@ __all__ = [
     "bundle_name",
     "render_bundle",
     "require_bundle",
+    "bundle_status",
+    "COMPLETE_MARKER",
     "read_splits",
 ]
 
@@ -40,7 +42,7 @@ LOSSES: tuple[str, ...] = tuple(
     f"{kind}_{base}"
     for kind in ("baseline", "hardl1ace", "softl1ace")
     for base in ("ce", "dice", "dice_ce")
-)
+) + tuple(f"{kind}_dice_ce_paper" for kind in ("baseline", "hardl1ace", "softl1ace"))
 
 # merge order for ConfigParser (later files override earlier keys); debug.yaml only with --debug
 CONFIG_FILES: tuple[str, ...] = (
@@ -181,11 +183,54 @@ def bundle_hash(bundle: str) -> str:
     return _hash_files(files)
 
 
+COMPLETE_MARKER = ".complete"
+"""Written last by :func:`create_bundle` (JSON: bundle hash and files): the bundle is whole."""
+
+_REQUIRED = (*BUNDLE_FILES, "splits.json")
+
+
+def _missing_files(bundle: str) -> list[str] | None:
+    """Required bundle files absent under ``bundle`` (two listings); None if nothing is there."""
+    try:
+        top = set(storage.ls(bundle))
+    except FileNotFoundError:
+        return None
+    try:
+        configs = set(storage.ls(storage.join(bundle, "configs"))) if "configs" in top else set()
+    except FileNotFoundError:
+        configs = set()
+    have = top | {f"configs/{n}" for n in configs}
+    return [rel for rel in _REQUIRED if rel not in have]
+
+
+def bundle_status(bundle: str) -> str:
+    """``"absent"`` (nothing there), ``"complete"`` (completion marker written, or every
+    file present) or ``"incomplete"`` (an interrupted creation: some files are missing)."""
+    missing = _missing_files(str(bundle))
+    if missing is None:
+        return "absent"
+    if missing:
+        return "incomplete"
+    return "complete"
+
+
 def require_bundle(bundle: str) -> str:
-    """Return ``bundle`` if it is a bundle folder, else raise FileNotFoundError (one line)."""
-    if not storage.exists(storage.join(str(bundle), "configs", "data.yaml")):
+    """Return ``bundle`` if it is a complete bundle folder.
+
+    Raises FileNotFoundError (one line) when there is no bundle, or when files are missing
+    (an interrupted ``bundle create``: rerunning it repairs the bundle).
+    """
+    missing = _missing_files(str(bundle))
+    if missing is None or "configs/data.yaml" in missing and len(missing) == len(_REQUIRED):
         raise FileNotFoundError(
             f"no bundle at {bundle}; create one with `calibseg bundle create --data D --loss L`."
+        )
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise FileNotFoundError(
+            f"bundle {storage.redact(str(bundle))} is incomplete ({missing[0]}{more} missing; "
+            "an interrupted `bundle create`?): rerun the same `calibseg bundle create` to "
+            "repair it."
         )
     return str(bundle)
 
@@ -195,7 +240,7 @@ def read_splits(bundle: str) -> dict[str, list[dict]]:
     return storage.read_json(storage.join(require_bundle(bundle), "splits.json"))
 
 
-def _write_splits(bundle: str, data: str, root: str, split_seed: int, fractions) -> None:
+def _compute_splits(data: str, root: str, split_seed: int, fractions) -> bytes:
     from calibseg.data import get_dataset, make_splits
 
     spec = get_dataset(data)
@@ -206,7 +251,30 @@ def _write_splits(bundle: str, data: str, root: str, split_seed: int, fractions)
     if problems:
         raise ValueError(f"{data} data under {root} has problems: {problems[0]}")
     splits = make_splits(items, split_seed=split_seed, fractions=tuple(fractions))
-    storage.write_json(storage.join(bundle, "splits.json"), splits)
+    return (json.dumps(splits, indent=2) + "\n").encode("utf-8")
+
+
+def _marker(files: dict[str, bytes]) -> bytes:
+    body = {"bundle_hash": _hash_files(files), "files": sorted(files)}
+    return (json.dumps(body, indent=2) + "\n").encode("utf-8")
+
+
+def _repair(path: str, files: dict[str, bytes], splits: Any) -> None:
+    """Complete an interrupted bundle at ``path``: upload the missing files, keep the present
+    ones (refusing any whose bytes differ from the rendered configs), write the marker last."""
+    for rel, content in files.items():
+        p = storage.join(path, rel)
+        if not storage.exists(p):
+            storage.write_bytes(p, content)
+        elif storage.read_bytes(p) != content:
+            raise FileExistsError(
+                f"bundle {storage.redact(path)} is incomplete and its {rel} differs from the "
+                "configs that named it; move it away and rerun `calibseg bundle create`."
+            )
+    sp = storage.join(path, "splits.json")
+    if not storage.exists(sp):
+        storage.write_bytes(sp, splits())
+    storage.write_bytes(storage.join(path, COMPLETE_MARKER), _marker(files))
 
 
 def create_bundle(
@@ -218,8 +286,12 @@ def create_bundle(
 ) -> str:
     """Create (or find) the bundle ``<out>/<data>_<loss>_<hash8>`` and return its path.
 
-    The same inputs always give the same folder; an existing folder is reused, never
+    The same inputs always give the same folder; an existing complete folder is reused, never
     overwritten. ``splits.json`` is computed once, with the split seed of ``data.yaml``.
+    A bundle is complete or absent: a local one is written in a temporary folder and renamed;
+    a remote one (``s3://``) is uploaded file by file with the completion marker
+    (``.complete``) last. An incomplete bundle left by an interrupted creation is repaired
+    (missing files uploaded; a present file that differs is refused with FileExistsError).
     """
     import yaml
 
@@ -227,38 +299,50 @@ def create_bundle(
     name = f"{data}_{loss}_{_hash_files(files)[:8]}"
     path = storage.join(str(out), name)
     data_cfg = yaml.safe_load(files["configs/data.yaml"])
-    exists = storage.exists(storage.join(path, "configs", "data.yaml"))
-    if exists:
+    cached: dict[str, bytes] = {}
+
+    def splits() -> bytes:  # scanned once, before anything of a new bundle is written
+        if "s" not in cached:
+            cached["s"] = _compute_splits(
+                data,
+                data_cfg["data_root"],
+                int(data_cfg.get("split_seed", 0)),
+                data_cfg.get("split_fractions", (0.6, 0.2, 0.2)),
+            )
+        return cached["s"]
+
+    status = bundle_status(path)
+    if status == "complete":
         logger.info("bundle %s exists; reusing it", path)
-    elif storage.is_remote(path):
-        for rel, content in files.items():
-            storage.write_bytes(storage.join(path, rel), content)
-    else:
-        os.makedirs(out, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{name}.", dir=out)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle is an ordinary folder
+        return path
+    if status == "incomplete":
+        logger.warning("bundle %s is incomplete; repairing it", storage.redact(path))
+        _repair(path, files, splits)
+        return path
+    content = {**files, "splits.json": splits(), COMPLETE_MARKER: _marker(files)}
+    if storage.is_remote(path):
+        for rel, data_bytes in content.items():
+            if rel != COMPLETE_MARKER:
+                storage.write_bytes(storage.join(path, rel), data_bytes)
+        storage.write_bytes(storage.join(path, COMPLETE_MARKER), content[COMPLETE_MARKER])
+        return path
+    os.makedirs(out, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.", dir=out)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle is an ordinary folder
+    try:
+        for rel, data_bytes in content.items():
+            os.makedirs(os.path.join(tmp, os.path.dirname(rel)), exist_ok=True)
+            with open(os.path.join(tmp, rel), "wb") as f:
+                f.write(data_bytes)
         try:
-            for rel, content in files.items():
-                os.makedirs(os.path.join(tmp, os.path.dirname(rel)), exist_ok=True)
-                with open(os.path.join(tmp, rel), "wb") as f:
-                    f.write(content)
-            try:
-                os.rename(tmp, path)  # atomic; fails if another process created it meanwhile
-            except OSError:
-                if not os.path.isdir(path):
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if not storage.exists(storage.join(path, "splits.json")):
-        _write_splits(
-            path,
-            data,
-            data_cfg["data_root"],
-            int(data_cfg.get("split_seed", 0)),
-            data_cfg.get("split_fractions", (0.6, 0.2, 0.2)),
-        )
+            os.rename(tmp, path)  # atomic; fails if another process created it meanwhile
+        except OSError:
+            if not os.path.isdir(path):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

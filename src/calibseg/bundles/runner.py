@@ -40,7 +40,7 @@ __all__ = ["train", "predict", "load_checkpoint", "run_dir"]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: RNG states as plain values (weights_only loading)
 
 
 def run_dir(bundle: str, seed: int = 0, run_name: str | None = None) -> str:
@@ -55,24 +55,43 @@ def _derive_seed(*parts: int) -> int:
 
 
 def _save_torch(obj: Any, path: str) -> None:
+    """Write a checkpoint atomically: serialised in memory, then written through
+    :func:`calibseg.storage.write_bytes`, so a full disk raises an OSError naming ``path``
+    and its cause (not a serialiser error about stream positions) and leaves no partial file."""
+    import io
+
     import torch
 
-    with storage.local_output(path) as tmp:
-        torch.save(obj, tmp)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    storage.write_bytes(path, buf.getbuffer())
 
 
 def load_checkpoint(path: str, bundle: str | None = None) -> dict:
     """Load a checkpoint (on CPU); with ``bundle``, check it belongs to that bundle.
 
-    Raises FileNotFoundError when missing and ValueError when it was written by another bundle.
+    The file is read with ``torch.load(weights_only=True)``: only tensors and plain values
+    (dict, list, tuple, str, int, float, bool, None) are accepted, so a crafted pickle cannot
+    run code. Raises FileNotFoundError when missing and ValueError when the file needs more
+    than that (refused before anything else is done), is not a calibseg checkpoint or was
+    written by another bundle.
     """
+    import pickle
+
     import torch
 
     if not storage.exists(path):
         raise FileNotFoundError(f"no checkpoint {path}; train first with `calibseg train`.")
     with storage.local_path(path) as local:
         try:
-            ckpt = torch.load(local, map_location="cpu", weights_only=False)
+            ckpt = torch.load(local, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(
+                f"refusing to load checkpoint {storage.redact(path)}: it holds objects other "
+                f"than tensors and plain values, which could run code when loaded ({first}). "
+                "Only checkpoints written by calibseg are accepted."
+            ) from None
         except Exception as e:  # a truncated/foreign file
             raise ValueError(f"cannot read checkpoint {path}: {e}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "bundle_hash" not in ckpt:
@@ -115,13 +134,29 @@ def _bundle_logging(bundle: str, log_dir: str) -> Iterator[None]:
 
 
 def _rng_state() -> dict:
+    """The torch, numpy and python RNG states as tensors and plain values (loadable with
+    ``torch.load(weights_only=True)``): numpy's MT19937 state as a list of 624 ints and its
+    position / Gaussian cache, python's ``random`` state as its version, 625 ints and the
+    cached Gaussian (float or None)."""
     import numpy as np
     import torch
 
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 (global state)
+    version, internal, gauss_next = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),  # noqa: NPY002 (global state used by libraries)
-        "python": random.getstate(),
+        "numpy": {
+            "name": str(name),
+            "keys": [int(k) for k in keys],
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {
+            "version": int(version),
+            "state": [int(v) for v in internal],
+            "gauss_next": None if gauss_next is None else float(gauss_next),
+        },
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -129,12 +164,23 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
+    """Restore the RNG states saved by :func:`_rng_state`."""
     import numpy as np
     import torch
 
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (
+            n["name"],
+            np.asarray(n["keys"], dtype=np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -383,14 +429,22 @@ def _is_partial(rel: str) -> bool:
 
 
 def _pull_run(run: str, local_run: str) -> None:
-    """Mirror the remote run's checkpoints, logs and JSON files into ``local_run``."""
+    """Mirror the remote run's checkpoints, logs and JSON files into ``local_run``.
+
+    Every remote key is checked with :func:`calibseg.storage.confined_path` before any local
+    file is touched: a key that would land outside ``local_run`` raises
+    :class:`calibseg.storage.UnsafePathError`.
+    """
     import shutil
 
     remote = {}
     if storage.exists(run):
+        listed = storage.list_files(run)
+        for e in listed:
+            storage.confined_path(local_run, e["rel"])
         remote = {
             e["rel"]: e
-            for e in storage.list_files(run)
+            for e in listed
             if e["rel"].split("/", 1)[0] in _PULLED and not _is_partial(e["rel"])
         }
     for entry in _PULLED:

@@ -27,7 +27,29 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("calibseg.cli.report", None),
     ("calibseg.cli.storage", "storage"),
     ("calibseg.cli.demo", None),
+    ("calibseg.cli.study", None),
+    ("calibseg.cli.nnunet", "nnunet"),
 ]
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(
+        False,
+        "--debug",
+        help="Show the traceback of any error (same as CALIBSEG_DEBUG=1). Give it before the "
+        "command: calibseg --debug train …",
+    ),
+) -> None:
+    """Calibrated probabilities and honest uncertainty for segmentation networks.
+
+    Exit codes: 0 done, 1 error or refusal, 2 usage error (unknown option, missing or bad
+    argument), 130 interrupted (rerun the same command to resume).
+    """
+    from calibseg.cli.common import set_debug
+
+    set_debug(debug)
+
 
 for _module, _name in _GROUPS:
     _mod = importlib.import_module(_module)
@@ -38,7 +60,7 @@ for _module, _name in _GROUPS:
 
 
 def main() -> None:
-    """Entry point: run the app; known errors become one red line and exit code 1."""
+    """Entry point: run the app and exit with its code (0 done, 1 error, 2 usage, 130 Ctrl-C)."""
     from calibseg.cli.common import run_app
 
     sys.exit(run_app(app))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from calibseg.cli.common import console
+from calibseg.cli.common import console, print_table
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -25,15 +25,18 @@ def create(
     Example: calibseg bundle create --data synthetic --loss softl1ace_dice_ce --data-root data/synth
     """
     from calibseg import storage
-    from calibseg.bundles import _hash_files as hash_files
-    from calibseg.bundles import create_bundle, render_bundle
+    from calibseg.bundles import bundle_name, bundle_status, create_bundle
 
-    name = f"{data}_{loss}_{hash_files(render_bundle(data, loss, data_root))[:8]}"
-    existed = storage.exists(storage.join(out, name, "configs", "data.yaml"))
-    path = create_bundle(data, loss, out=out, data_root=data_root)
-    if existed:
+    before = bundle_status(storage.join(out, bundle_name(data, loss, data_root)))
+    path = storage.redact(create_bundle(data, loss, out=out, data_root=data_root))
+    if before == "complete":
         console.print(
             f"bundle [bold]{path}[/] already exists; reusing it (nothing overwritten).",
+            soft_wrap=True,
+        )
+    elif before == "incomplete":
+        console.print(
+            f"bundle [bold]{path}[/] was incomplete (interrupted creation); repaired it.",
             soft_wrap=True,
         )
     else:
@@ -50,8 +53,7 @@ def list_(
 
     Example: calibseg bundle list --root bundles
     """
-    from rich.table import Table
-
+    from calibseg import storage
     from calibseg.bundles import list_bundles
 
     rows = list_bundles(root)
@@ -60,10 +62,19 @@ def list_(
             f"no bundles under {root}; create one with `calibseg bundle create`.", soft_wrap=True
         )
         return
-    table = Table(title=f"bundles in {root}")
-    for col in ("name", "data", "loss", "runs", "best Dice"):
-        table.add_column(col, justify="right" if col == "best Dice" else "left")
-    for r in rows:
-        dice = "-" if r["best_dice"] is None else f"{r['best_dice']:.3f}"
-        table.add_row(r["name"], str(r["data"]), str(r["loss"]), ", ".join(r["runs"]) or "-", dice)
-    console.print(table)
+    cells = [
+        [
+            r["name"],
+            str(r["data"]),
+            str(r["loss"]),
+            ", ".join(r["runs"]) or "-",
+            "-" if r["best_dice"] is None else f"{r['best_dice']:.3f}",
+        ]
+        for r in rows
+    ]
+    print_table(
+        f"bundles in {storage.redact(root)}",
+        ("name", "data", "loss", "runs", "best Dice"),
+        cells,
+        right=(False, False, False, False, True),
+    )

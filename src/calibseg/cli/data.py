@@ -79,10 +79,9 @@ def prepare(
     Example: calibseg data prepare acdc17 --data-root /data/ACDC --out acdc17.json
     """
     from rich.progress import Progress
-    from rich.table import Table
 
     from calibseg import storage
-    from calibseg.cli.common import console
+    from calibseg.cli.common import console, print_table
     from calibseg.data import check_items, get_dataset, make_splits
 
     spec = get_dataset(name)
@@ -96,13 +95,12 @@ def prepare(
             problems += check_items([it], in_channels=spec.in_channels, deep=deep)
             progress.advance(task)
     if problems:
-        table = Table(title=f"{spec.name}: {len(problems)} problem(s) under {root}")
-        table.add_column("case", style="bold")
-        table.add_column("problem", style="red")
-        table.add_column("file", overflow="fold")
-        for p in problems:
-            table.add_row(p.case, p.problem, p.path)
-        console.print(table)
+        print_table(
+            f"{spec.name}: {len(problems)} problem(s) under {root}",
+            ("case", "problem", "file"),
+            [[p.case, p.problem, p.path] for p in problems],
+            right=(False, False, False),
+        )
         console.print(f"[bold red]error:[/] {len(problems)} problem(s); fix them and rerun.")
         raise typer.Exit(1)
     splits = make_splits(items, split_seed=split_seed)

@@ -1,4 +1,4 @@
-"""Demo command: the whole pipeline on synthetic data, three losses compared."""
+"""Demo command: a small calibration study on synthetic data, three losses compared."""
 
 from __future__ import annotations
 
@@ -13,55 +13,40 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         out: str = typer.Option("demo_out", "--out", help="Output folder (data, bundles, runs)."),
-        full: bool = typer.Option(False, "--full", help="3 seeds: mean ± std and Wilcoxon tests."),
+        full: bool = typer.Option(
+            False, "--full", help="3 seeds: mean ± std and paired tests against the baseline."
+        ),
         epochs: int = typer.Option(None, "--epochs", help="Override the demo's epoch count."),
         cases: int = typer.Option(None, "--cases", help="Override the number of synthetic cases."),
     ) -> None:
-        """Generate synthetic data, train baseline / hard-ACE / soft-ACE bundles briefly on CPU,
-        predict, evaluate and print Dice, ECE, ACE and MCE per loss (foreground macro means).
+        """Generate synthetic data, train baseline / hard-ACE / soft-ACE bundles on CPU, predict,
+        evaluate on the test split with and without temperature scaling, and print Dice, HD95,
+        ECE, ACE, MCE per loss (foreground classes; macro means over test cases) and an HTML
+        report.
 
         Example: calibseg demo --out demo_out
         """
-        from rich.table import Table
-
-        from calibseg.bundles.demo import DemoSettings, run_demo
+        from calibseg.cli.study import print_study_table
+        from calibseg.evaluate.demo import DemoSettings, run_demo
 
         settings = DemoSettings(seeds=(0, 1, 2) if full else (0,))
         if epochs is not None:
+            if epochs < 1:
+                raise typer.BadParameter(f"--epochs must be >= 1, got {epochs}.")
             settings.max_epochs = epochs
         if cases is not None:
             settings.n_cases = cases
         console.print(
-            f"demo: {settings.n_cases} synthetic cases {settings.shape}, "
+            f"demo: {settings.n_cases} synthetic cases {settings.shape}, whole-volume training, "
             f"{settings.max_epochs} epochs, seeds {list(settings.seeds)} → {out}"
         )
         res = run_demo(out, settings)
-        multi = len(settings.seeds) > 1
-        table = Table(
-            title="test split, foreground classes, macro (mean over cases)"
-            + (", mean ± std over seeds" if multi else "")
-        )
-        table.add_column("loss", no_wrap=True)
-        for m in ("Dice", "ECE", "ACE", "MCE"):
-            table.add_column(m, justify="right", no_wrap=True)
-        if multi:
-            table.add_column("Wilcoxon p, ACE vs baseline", justify="right", no_wrap=True)
-        for loss, row in res["table"].items():
-            cells = [
-                f"{mean:.3f} ± {std:.3f}" if multi else f"{mean:.3f}"
-                for mean, std in (row[m] for m in ("dice", "ece", "ace", "mce"))
-            ]
-            if multi:
-                p = res["tests"].get(loss)
-                cells.append("-" if p is None else f"{p:.3g}")
-            table.add_row(loss, *cells)
-        width = console.width
-        console.width = max(width, 130)  # never squeeze the numbers into wrapped cells
-        try:
-            console.print(table)
-        finally:
-            console.width = width
-        for loss, paths in res["figures"].items():
-            for p in paths:
-                console.print(f"reliability diagram ({loss}): {p}", soft_wrap=True)
+        print_study_table(res["frame"])
+        for run in res["runs"]:
+            for cal, path in run["figures"].items():
+                console.print(
+                    f"reliability diagram ({run['loss']}, seed {run['seed']}, {cal}): {path}",
+                    soft_wrap=True,
+                )
+        console.print(f"report: {res['report']}", soft_wrap=True)
         console.print(f"done in {res['seconds']:.0f} s", soft_wrap=True)

@@ -10,13 +10,38 @@ def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate_cmd)
 
 
+def _eval_defaults(bundle: str) -> dict:
+    """The bundle's configs/inference_eval.yaml as a dict ({} when the bundle has none)."""
+    import yaml
+
+    from calibseg import storage
+
+    path = storage.join(bundle, "configs", "inference_eval.yaml")
+    if not storage.exists(path):
+        return {}
+    cfg = yaml.safe_load(storage.read_text(path)) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{storage.redact(path)} is not a mapping of settings.")
+    return cfg
+
+
 def evaluate_cmd(
     bundle: str = typer.Argument(..., help="Bundle folder or s3:// URL."),
     seed: int | None = typer.Option(None, "--seed", help="Evaluate run seed_<S> (default 0)."),
     run: str | None = typer.Option(None, "--run", help="Run folder name, e.g. rater1_seed11."),
-    regions: bool = typer.Option(False, "--regions", help="KiTS/BraTS hierarchical regions."),
-    num_bins: int = typer.Option(20, "--bins", help="Number of calibration bins."),
-    case_figures: bool = typer.Option(False, "--case-figures", help="One diagram per case."),
+    regions: bool | None = typer.Option(
+        None,
+        "--regions/--classes",
+        help="KiTS/BraTS hierarchical regions or classes (default: the bundle's eval_regions).",
+    ),
+    num_bins: int | None = typer.Option(
+        None, "--bins", help="Number of calibration bins (default: the bundle's eval_num_bins)."
+    ),
+    case_figures: bool | None = typer.Option(
+        None,
+        "--case-figures/--no-case-figures",
+        help="One diagram per case (default: the bundle's eval_case_figures).",
+    ),
     scheduler: str | None = typer.Option(
         None, "--scheduler", help="Dask scheduler address, e.g. tcp://host:8786."
     ),
@@ -27,18 +52,23 @@ def evaluate_cmd(
 ) -> None:
     """Evaluate a run's test predictions: Dice, HD95, ECE/ACE/MCE (macro and micro) per class.
 
+    Regions, bins and case figures come from the bundle's configs/inference_eval.yaml
+    (eval_regions, eval_num_bins, eval_case_figures); the options override them.
     Results go to <bundle>/<run>/evaluation/ (or evaluation_2/, … if that already has results).
 
     Example: calibseg evaluate bundles/synthetic_hardl1ace_dice_1a2b3c4d --seed 0 --workers 2
     """
-    from rich.table import Table
-
-    from calibseg.cli.common import CalibsegError, console
+    from calibseg.cli.common import CalibsegError, console, print_table
     from calibseg.evaluate import evaluate_run
 
     if seed is not None and run is not None:
         raise CalibsegError("give either --seed or --run, not both.")
     run_name = run if run is not None else f"seed_{0 if seed is None else seed}"
+    defaults = _eval_defaults(bundle)
+    regions = bool(defaults.get("eval_regions", False)) if regions is None else regions
+    num_bins = int(defaults.get("eval_num_bins", 20)) if num_bins is None else num_bins
+    if case_figures is None:
+        case_figures = bool(defaults.get("eval_case_figures", False))
     summary = evaluate_run(
         bundle,
         run_name=run_name,
@@ -53,19 +83,23 @@ def evaluate_cmd(
     def fmt(v, digits: int = 3) -> str:
         return "–" if v is None else f"{v:.{digits}f}"
 
-    table = Table(title=f"{run_name}: {summary['num_cases']} test cases, {num_bins} bins")
-    for col in ("class", "Dice", "HD95", "ECE", "ACE", "MCE", "ECE µ", "ACE µ", "MCE µ"):
-        table.add_column(col, justify="left" if col == "class" else "right", no_wrap=True)
+    rows = []
     for name, s in summary["classes"].items():
         d, h = s["dice"], s["hd95"]
-        table.add_row(
-            name,
-            f"{fmt(d['mean'])}±{fmt(d['std'])}",
-            f"{fmt(h['mean'], 1)}±{fmt(h['std'], 1)}",
-            *(fmt(s["macro"][k]) for k in ("ece", "ace", "mce")),
-            *(fmt(s["micro"][k]) for k in ("ece", "ace", "mce")),
+        rows.append(
+            [
+                name,
+                f"{fmt(d['mean'])}±{fmt(d['std'])}",
+                f"{fmt(h['mean'], 1)}±{fmt(h['std'], 1)}",
+                *(fmt(s["macro"][k]) for k in ("ece", "ace", "mce")),
+                *(fmt(s["micro"][k]) for k in ("ece", "ace", "mce")),
+            ]
         )
-    console.print(table)
+    print_table(
+        f"{run_name}: {summary['num_cases']} test cases, {num_bins} bins",
+        ("class", "Dice", "HD95", "ECE", "ACE", "MCE", "ECE µ", "ACE µ", "MCE µ"),
+        rows,
+    )
     console.print(
         "ECE/ACE/MCE: macro = mean over cases; µ = micro (pooled bins). "
         f"Results: {summary['output_dir']}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from calibseg.cli.common import console
+from calibseg.cli.common import console, print_table
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -53,7 +53,6 @@ def compute(
     import io
 
     import pandas as pd
-    from rich.table import Table
 
     from calibseg import storage
     from calibseg.metrics.multirater_table import COLUMNS, compute_metrics_table, summarise
@@ -90,15 +89,17 @@ def compute(
     cur = summary[(summary["model"] == model_name) & summary["metric"].isin(_SHOW)]
     settings = ("model", "group", "region", "num_bins", "metric", "rater", "n_cases")
     classes = [c for c in cur.columns if c not in settings]
-    table = Table(title=f"{model_name}: mean over cases")
-    for col in ["metric", "rater", *classes]:
-        table.add_column(str(col))
-    for _, r in cur.iterrows():
-        if r["rater"] not in ("consensus", "all", "1"):
-            continue
-        vals = ["" if pd.isna(r[c]) else f"{r[c]:.4f}" for c in classes]
-        table.add_row(r["metric"], str(r["rater"]), *vals)
-    console.print(table)
+    rows = [
+        [r["metric"], str(r["rater"]), *("" if pd.isna(r[c]) else f"{r[c]:.4f}" for c in classes)]
+        for _, r in cur.iterrows()
+        if r["rater"] in ("consensus", "all", "1")
+    ]
+    print_table(
+        f"{model_name}: mean over cases",
+        ["metric", "rater", *(str(c) for c in classes)],
+        rows,
+        right=[False, False, *([True] * len(classes))],
+    )
     console.print(f"wrote {out} ({len(df)} rows) and {_summary_path(out)}")
 
 
@@ -120,7 +121,6 @@ def compare(
     import io
 
     import pandas as pd
-    from rich.table import Table
 
     from calibseg import storage
     from calibseg.metrics.statistics import compare_models
@@ -129,7 +129,6 @@ def compare(
     ma = [x.strip() for x in a.split(",") if x.strip()]
     mb = [x.strip() for x in b.split(",") if x.strip()]
     res = compare_models(df, ma, mb, metric, n_boot=n_boot, seed=seed)
-    t = Table(title=f"{metric}: B ({b}) − A ({a}), paired over cases")
     cols = [
         "class",
         "rater",
@@ -141,13 +140,16 @@ def compare(
         "ci_high",
         "p_value",
     ]
-    for c in cols:
-        t.add_column(c)
-    for _, r in res.iterrows():
-        t.add_row(
-            *[str(r[c]) if c in ("class", "rater", "n_cases") else f"{r[c]:.4g}" for c in cols]
-        )
-    console.print(t)
+    rows = [
+        [str(r[c]) if c in ("class", "rater", "n_cases") else f"{r[c]:.4g}" for c in cols]
+        for _, r in res.iterrows()
+    ]
+    print_table(
+        f"{metric}: B ({b}) − A ({a}), paired over cases",
+        cols,
+        rows,
+        right=[c not in ("class", "rater") for c in cols],
+    )
     if out:
         storage.write_text(out, res.to_csv(index=False))
         console.print(f"wrote {out}")

@@ -40,10 +40,8 @@ def report(
 
     Example: calibseg report bundles/synthetic_hardl1ace_dice_ce_1a2b3c4d/seed_0/evaluation --cases
     """
-    from rich.table import Table
-
     from calibseg import storage
-    from calibseg.cli.common import console
+    from calibseg.cli.common import console, print_table
     from calibseg.metrics import ERROR_NAMES, load_bin_stats, macro_micro_errors
     from calibseg.visualize import (
         draw_case_reliability_diagrams,
@@ -76,20 +74,24 @@ def report(
         )
 
     res = macro_micro_errors(stats)
-    table = Table(
-        title=f"Calibration over {stats.shape[0]} cases ({stats.num_bins} bins)",
-        title_justify="left",
-    )
-    table.add_column("class", style="bold")
-    for k in ERROR_NAMES:
-        table.add_column(f"{k.upper()} macro", justify="right")
-        table.add_column(f"{k.upper()} micro", justify="right")
-    table.add_column("missing", justify="right", header_style="dim")
     missing = (stats.sum_gt.sum(-1) <= 0).sum(0).tolist()
-    for j, name in enumerate(class_names):
-        cells = [_fmt(float(res[a][k][j])) for k in ERROR_NAMES for a in ("macro", "micro")]
-        table.add_row(name, *cells, str(missing[j]))
-    console.print(table)
+    rows = [
+        [
+            name,
+            *(_fmt(float(res[a][k][j])) for k in ERROR_NAMES for a in ("macro", "micro")),
+            str(missing[j]),
+        ]
+        for j, name in enumerate(class_names)
+    ]
+    print_table(
+        f"Calibration over {stats.shape[0]} cases ({stats.num_bins} bins)",
+        [
+            "class",
+            *(f"{k.upper()} {a}" for k in ERROR_NAMES for a in ("macro", "micro")),
+            "missing",
+        ],
+        rows,
+    )
     console.print(
         "[dim]macro: mean over cases of per-case errors; micro: errors of the bins pooled over "
         "all cases; missing: cases without that class in the ground truth.[/]"

@@ -75,19 +75,14 @@ def ls_cmd(
 
     Example: calibseg storage ls s3://my-bucket/bundles/
     """
-    from rich.table import Table
-
     from calibseg import storage
-    from calibseg.cli.common import console
+    from calibseg.cli.common import console, print_table
 
     for url in urls:
         files = storage.list_files(url, recursive=recursive)
-        table = Table(title=storage.redact(url), show_lines=False)
-        table.add_column("path")
-        table.add_column("size", justify="right")
-        for e in files:
-            table.add_row(e["rel"], _human(e["size"]))
-        console.print(table)
+        print_table(
+            storage.redact(url), ("path", "size"), [[e["rel"], _human(e["size"])] for e in files]
+        )
         console.print(f"{len(files)} file(s), {_human(sum(e['size'] for e in files))}")
 
 
@@ -128,7 +123,10 @@ def pull_cmd(
 ) -> None:
     """Download an object or prefix recursively; identical local files are skipped.
 
-    Example: calibseg storage pull s3://my-bucket/bundles/kits23_hardl1ace_dice_1a2b3c4d bundles/
+    Every key is checked first: keys that would land outside DST (``..``), absolute keys and
+    keys with backslashes are refused and nothing is written.
+
+    Example: calibseg storage pull s3://my-bucket/bundles/kits23_hardl1ace_dice_1a2b3c4d bundles/kits23_hardl1ace_dice_1a2b3c4d
     """
     from calibseg import storage
     from calibseg.cli.common import console

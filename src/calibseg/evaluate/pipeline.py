@@ -9,7 +9,9 @@ BinStats ``[N, C, K]``: micro errors reduce their sum (exact, whatever the fan-o
 errors average the per-case errors.
 
 Outputs never overwrite earlier ones: if ``<run>/evaluation/`` already holds results the next
-free ``evaluation_2/``, ``evaluation_3/`` … is used (the summary records which).
+free ``evaluation_2/``, ``evaluation_3/`` … is used (the summary records which). A result folder
+is complete or absent: local results are written in a hidden temporary folder that is renamed
+when done; on an object store ``summary.json`` is written last and marks the folder complete.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -97,7 +100,8 @@ def evaluate_case(
     from monai.metrics import compute_dice
 
     from calibseg.binning import compute_bin_stats
-    from calibseg.metrics.multirater import surface_distances
+    from calibseg.metrics.multirater import image_diagonal_mm
+    from calibseg.metrics.surface_distance import compute_hausdorff_distance  # MONAI's values
 
     case = str(task["case"])
     label, spacing = _load_nifti(task["label"])
@@ -148,9 +152,18 @@ def evaluate_case(
     dice = compute_dice(seg, y, include_background=True, ignore_empty=False)
     # HD95 with the multi-rater convention (both empty → 0, one empty → image diagonal in mm),
     # so a missed or hallucinated structure costs the largest distance instead of being dropped
-    hd95 = surface_distances(seg[0], y, spacing[: lab.ndim])["hd95"][0]
     gt_empty = y.flatten(2).sum(-1) == 0
     pred_empty = seg.flatten(2).sum(-1) == 0
+    sp = [float(v) for v in spacing[: lab.ndim]]
+    with warnings.catch_warnings():  # empty pairs are replaced below
+        warnings.filterwarnings("ignore", message=".* is all 0, this may result in nan/inf")
+        hd95 = compute_hausdorff_distance(
+            seg, y, include_background=True, percentile=95, spacing=sp
+        )
+    hd95 = hd95[0].to(torch.float64)
+    diag = float(image_diagonal_mm(tuple(lab.shape), sp))
+    hd95 = torch.where(gt_empty[0] & pred_empty[0], 0.0, hd95)
+    hd95 = torch.where(gt_empty[0] ^ pred_empty[0], diag, hd95)
     missing = gt_empty.to(torch.float64)
     out = {
         "case": case,
@@ -168,12 +181,69 @@ def evaluate_case(
 
 
 def next_free_dir(base: str) -> str:
-    """``base`` if it holds no evaluation results, else the first free ``base_2``, ``base_3`` …"""
+    """``base`` unless it holds a complete evaluation (``summary.json``, written last), else
+    the first such free ``base_2``, ``base_3`` … A folder with result files but no
+    ``summary.json`` is an interrupted evaluation and is reused (its files are replaced)."""
     candidate, n = base, 1
-    while any(storage.exists(storage.join(candidate, f)) for f in _RESULT_FILES):
+    while storage.exists(storage.join(candidate, "summary.json")):
         n += 1
         candidate = f"{base.rstrip('/')}_{n}"
     return candidate
+
+
+def _begin_output(out: str) -> str:
+    """Where the results of ``out`` are written before :func:`_finish_output`: a hidden
+    temporary folder beside a local ``out`` (renamed at the end), ``out`` itself on an object
+    store (where ``summary.json``, written last, marks the folder complete)."""
+    import tempfile
+
+    if storage.is_remote(out):
+        return out
+    parent, name = os.path.split(os.path.abspath(out.rstrip("/")))
+    os.makedirs(parent, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=f".{name}.part-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes 0700; results are an ordinary folder
+    return stage
+
+
+def _abort_output(stage: str, out: str, error: BaseException | None = None) -> None:
+    """Drop the temporary folder of a failed local evaluation (remote: nothing to drop; the
+    folder lacks ``summary.json`` and the next run reuses it). An OSError about a file in the
+    temporary folder is raised again naming the file's place in ``out``."""
+    import shutil
+
+    if stage == out:
+        return
+    shutil.rmtree(stage, ignore_errors=True)
+    name = getattr(error, "filename", None)
+    if isinstance(error, OSError) and isinstance(name, str) and name.startswith(stage):
+        final = os.path.join(os.path.abspath(out.rstrip("/")), os.path.relpath(name, stage))
+        raise type(error)(error.errno, error.strerror, final) from error
+
+
+def _finish_output(stage: str, out: str, summary: dict[str, Any]) -> None:
+    """Write ``summary.json`` (the completion marker) and publish ``stage`` as ``out``: one
+    rename when ``out`` does not exist yet, else file by file with ``summary.json`` last."""
+    try:
+        storage.write_json(storage.join(stage, "summary.json"), summary)
+        if stage == out:
+            return
+        target = os.path.abspath(out.rstrip("/"))
+        try:
+            os.rename(stage, target)  # atomic when the folder is new (or empty)
+            return
+        except OSError:
+            if not os.path.isdir(target):
+                raise
+        names = sorted(os.listdir(stage), key=lambda n: n == "summary.json")
+        for name in names:
+            os.replace(os.path.join(stage, name), os.path.join(target, name))
+        os.rmdir(stage)
+    except BaseException as e:
+        _abort_output(stage, out, e)
+        raise
 
 
 def _read_bundle(bundle: str) -> tuple[list[dict], list[str], str]:
@@ -296,7 +366,7 @@ def evaluate_run(
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise FileNotFoundError(
             f"no prediction for case {missing[0]}{more} in {storage.redact(pred_dir)}: "
-            f"run `calibseg predict {storage.redact(bundle)} --run {run_name}` first."
+            f"run `calibseg predict {storage.redact(bundle)} {_run_option(run_name)}` first."
         )
     names = class_names
     region_key = None
@@ -310,13 +380,17 @@ def evaluate_run(
     stats, summary, rows = _stats_summary(results, names)
 
     out = next_free_dir(str(out_dir) if out_dir is not None else storage.join(run, "evaluation"))
-    storage.makedirs(out)
     case_ids = [r["case"] for r in results]
-    _write_csv(storage.join(out, "cases.csv"), rows)
     from calibseg.metrics import save_bin_stats
 
-    save_bin_stats(storage.join(out, "bin_stats.npz"), stats, case_ids, names)
-    figures = _figures(stats, out, case_ids, names, case_figures)
+    stage = _begin_output(out)
+    try:
+        _write_csv(storage.join(stage, "cases.csv"), rows)
+        save_bin_stats(storage.join(stage, "bin_stats.npz"), stats, case_ids, names)
+        figures = _figures(stats, stage, case_ids, names, case_figures)
+    except BaseException as e:
+        _abort_output(stage, out, e)
+        raise
     summary = {
         "bundle": storage.redact(bundle),
         "run": run_name,
@@ -330,9 +404,15 @@ def evaluate_run(
         "figures": [os.path.basename(str(f)) for f in figures],
         "output_dir": storage.redact(out),
     }
-    storage.write_json(storage.join(out, "summary.json"), summary)
+    _finish_output(stage, out, summary)
     log.info("evaluation of %d cases written to %s", len(results), storage.redact(out))
     return summary
+
+
+def _run_option(run_name: str) -> str:
+    """The ``calibseg predict`` option that selects ``run_name`` (``--seed N`` or ``--run-name``)."""
+    seed = run_name[len("seed_") :] if run_name.startswith("seed_") else ""
+    return f"--seed {seed}" if seed.isdigit() else f"--run-name {run_name}"
 
 
 def _list_names(folder: str) -> list[str]:

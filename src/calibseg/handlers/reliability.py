@@ -11,7 +11,11 @@ from ignite.engine import Engine
 
 from calibseg import storage
 from calibseg.handlers.calibration import CaseStatsCollector
-from calibseg.metrics.reliability import binning_tensor, calculate_heatmap_from_bins
+from calibseg.metrics.reliability import (
+    binning_tensor,
+    calculate_heatmap_from_bins,
+    figure_options_from_paper,
+)
 
 __all__ = ["ReliabilityDiagramHandler"]
 
@@ -21,51 +25,96 @@ logger = logging.getLogger(__name__)
 class ReliabilityDiagramHandler(CaseStatsCollector):
     """Per-case reliability diagrams and the dataset reliability figure from an Ignite run.
 
-    Collects per-case BinStats (reusing :class:`~calibseg.handlers.BinningDataHandler`'s
-    ``iteration_binning`` when it is attached first) and, at ``COMPLETED`` (``when="run"``)
-    or every ``EPOCH_COMPLETED`` (``when="epoch"``, into ``<output_dir>/epoch_<n>/``), draws
+    Accepts the signature of the paper's code (``num_classes`` first, figure arguments; usable
+    as a handler or under a workflow's ``additional_metrics``) and keeps calibseg's options as
+    keywords. Collects per-case BinStats (reusing
+    :class:`~calibseg.handlers.BinningDataHandler`'s ``iteration_binning`` when it is attached
+    first) and, at ``COMPLETED`` (``when="run"``) or every ``EPOCH_COMPLETED``
+    (``when="epoch"``, into ``<output_dir>/epoch_<n>/``), draws
     ``dataset_reliability_diagram.<fmt>`` and, with ``draw_case_diagrams``,
-    ``<case>_reliability_diagram.<fmt>``. Also stores ``self.heatmap`` ``[C, K, K]`` and
-    ``self.aggregated`` ``[C, 3, K]`` (see :class:`calibseg.metrics.ReliabilityDiagramMetric`).
+    ``<case>_reliability_diagram.<fmt>``. Stores ``self.heatmap`` ``[C, K, K]`` and
+    ``self.aggregated`` ``[C, 3, K]`` (see :class:`calibseg.metrics.ReliabilityDiagramMetric`);
+    attached with a name, also ``engine.state.metrics[name]`` (the heat map) and, with
+    ``save_details``, ``engine.state.metric_details[name]`` (per-case mean_p, mean_gt, counts
+    ``[N, C, 3, K]``).
 
     Args:
-        output_dir: folder or URL for the figures (required).
-        num_bins, include_background, right: binning options.
-        class_names: names of all input channels (background first).
-        draw_case_diagrams: one figure per case.
-        draw_dataset_diagrams: the dataset figure.
-        average_over_classes: extra "average over classes" panel.
-        fmt: ``"png"`` or ``"pdf"``.
-        when: ``"run"`` or ``"epoch"``.
-        output_transform: ``engine.state.output`` → ``(y_pred, y)``.
+        num_classes: number of input channels (background included); checked against the data.
+        num_bins, include_background: binning options.
+        output_dir: folder or URL for the figures (required when drawing).
+        figsize, class_names, draw_case_diagrams, draw_case_histograms, print_case_ece,
+        print_case_ace, print_case_mce, draw_dataset_diagrams, draw_dataset_histograms,
+        draw_dataset_average_over_classes, dataset_imshow_kwargs, savefig_kwargs, rc_params:
+            as in :class:`calibseg.metrics.ReliabilityDiagramMetric`.
         case_name_transform: ``engine.state`` → case names of the iteration.
-        figure_options: options for :mod:`calibseg.visualize` (figsize, cmap, rc_params, …).
+        output_transform: ``engine.state.output`` → ``(y_pred, y)``.
+        save_details: with a name, keep the per-case bins in ``engine.state.metric_details``.
+        right: bin-edge rule.
+        average_over_classes: alias of ``draw_dataset_average_over_classes``.
+        fmt: ``"png"`` or ``"pdf"`` (default: ``savefig_kwargs["format"]``, else png).
+        when: ``"run"`` or ``"epoch"``.
+        figure_options: other options for :mod:`calibseg.visualize` (title, colours, …).
+
+    Raises:
+        ValueError: drawing without ``output_dir``; ``class_names`` or the data disagree with
+            ``num_classes``; bad ``fmt`` or ``when``.
 
     Example:
-        >>> ReliabilityDiagramHandler("out/figures", class_names=["bg", "liver"],
+        >>> ReliabilityDiagramHandler(num_classes=2, output_dir="out/figures",
+        ...                           class_names=["bg", "liver"],
         ...                           draw_case_diagrams=True).attach(evaluator)  # doctest: +SKIP
     """
 
     def __init__(
         self,
-        output_dir: str,
+        num_classes: int | None = None,
         num_bins: int = 20,
         include_background: bool = True,
-        right: bool = False,
+        output_dir: str | None = None,
+        figsize: Sequence[float] | None = None,
         class_names: Sequence[str] | None = None,
         draw_case_diagrams: bool = False,
-        draw_dataset_diagrams: bool = True,
-        average_over_classes: bool = False,
-        fmt: str = "png",
-        when: str = "run",
-        output_transform: Callable[[Any], tuple[Any, Any]] | None = None,
+        draw_case_histograms: bool = False,
         case_name_transform: Callable[[Any], Sequence[str]] | None = None,
+        print_case_ece: bool = True,
+        print_case_ace: bool = True,
+        print_case_mce: bool = True,
+        draw_dataset_diagrams: bool = True,
+        draw_dataset_histograms: bool = False,
+        draw_dataset_average_over_classes: bool = False,
+        dataset_imshow_kwargs: dict[str, Any] | None = None,
+        savefig_kwargs: dict[str, Any] | None = None,
+        rc_params: dict[str, Any] | None = None,
+        output_transform: Callable[[Any], tuple[Any, Any]] | None = None,
+        save_details: bool = True,
+        *,
+        right: bool = False,
+        average_over_classes: bool = False,
+        fmt: str | None = None,
+        when: str = "run",
         figure_options: dict[str, Any] | None = None,
     ) -> None:
-        if not output_dir:
+        if (draw_case_diagrams or draw_dataset_diagrams) and not output_dir:
             raise ValueError("ReliabilityDiagramHandler needs output_dir (a folder or URL).")
-        if fmt not in ("png", "pdf"):
-            raise ValueError(f"fmt must be 'png' or 'pdf', got {fmt!r}.")
+        if num_classes is not None:
+            num_classes = int(num_classes)
+            if class_names is not None and len(class_names) != num_classes:
+                raise ValueError(
+                    f"{len(class_names)} class_names given for num_classes={num_classes}."
+                )
+            if not include_background and num_classes == 1:
+                raise ValueError("include_background=False needs more than one class.")
+        self.case_options, self.dataset_options, self.fmt = figure_options_from_paper(
+            figsize,
+            draw_case_histograms,
+            draw_dataset_histograms,
+            (print_case_ece, print_case_ace, print_case_mce),
+            dataset_imshow_kwargs,
+            savefig_kwargs,
+            rc_params,
+            fmt,
+            figure_options,
+        )
         super().__init__(
             num_bins,
             include_background,
@@ -75,15 +124,31 @@ class ReliabilityDiagramHandler(CaseStatsCollector):
             output_transform,
             case_name_transform,
         )
-        self.output_dir = str(output_dir)
+        self.num_classes = num_classes
+        self.output_dir = str(output_dir) if output_dir else None
         self.draw_case_diagrams = draw_case_diagrams
         self.draw_dataset_diagrams = draw_dataset_diagrams
-        self.average_over_classes = average_over_classes
-        self.fmt = fmt
-        self.figure_options = dict(figure_options or {})
+        self.average_over_classes = bool(average_over_classes or draw_dataset_average_over_classes)
+        self.save_details = save_details
+        self.name: str | None = None
         self.heatmap: torch.Tensor | None = None
         self.aggregated: torch.Tensor | None = None
         self.written: list[str] = []
+
+    def attach(self, engine: Engine, name: str | None = None) -> None:
+        """Attach to ``engine``; with ``name`` (as a workflow metric) the heat map is also
+        stored in ``engine.state.metrics[name]``."""
+        self.name = name
+        super().attach(engine)
+
+    def collect(self, engine: Engine) -> None:
+        """Add this iteration's cases (channels checked against ``num_classes``)."""
+        before = len(self._stats)
+        super().collect(engine)
+        if self.num_classes is not None and len(self._stats) > before:
+            c = self._stats[-1].shape[1] + (0 if self.include_background else 1)
+            if c != self.num_classes:
+                raise ValueError(f"the data has {c} channels but num_classes={self.num_classes}.")
 
     def finalize(self, engine: Engine) -> None:
         from calibseg import visualize
@@ -91,20 +156,33 @@ class ReliabilityDiagramHandler(CaseStatsCollector):
         stats = self.stats
         self.heatmap = calculate_heatmap_from_bins(stats.means()[1], self.num_bins)
         self.aggregated = binning_tensor(stats.total())[0]
-        folder = self.output_dir
-        if self.when == "epoch":
-            folder = storage.join(folder, f"epoch_{engine.state.epoch}")
-        opts = dict(self.figure_options)
-        opts.setdefault("average_over_classes", self.average_over_classes)
-        names = self.names_of_classes
+        if self.name is not None:
+            engine.state.metrics[self.name] = self.heatmap
+            if self.save_details:
+                details = getattr(engine.state, "metric_details", None)
+                if not isinstance(details, dict):
+                    details = {}
+                    engine.state.metric_details = details  # type: ignore[attr-defined]
+                details[self.name] = binning_tensor(stats)
         written: list[str] = []
-        if self.draw_dataset_diagrams:
-            written += visualize.draw_dataset_reliability_diagrams(
-                stats, folder, class_names=names, fmt=self.fmt, **opts
-            )
-        if self.draw_case_diagrams:
-            written += visualize.draw_case_reliability_diagrams(
-                stats, folder, self.case_names, class_names=names, fmt=self.fmt, **opts
-            )
+        if self.output_dir is not None:
+            folder = self.output_dir
+            if self.when == "epoch":
+                folder = storage.join(folder, f"epoch_{engine.state.epoch}")
+            names = self.names_of_classes
+            avg = {"average_over_classes": self.average_over_classes}
+            if self.draw_dataset_diagrams:
+                written += visualize.draw_dataset_reliability_diagrams(
+                    stats, folder, class_names=names, fmt=self.fmt, **(avg | self.dataset_options)
+                )
+            if self.draw_case_diagrams:
+                written += visualize.draw_case_reliability_diagrams(
+                    stats,
+                    folder,
+                    self.case_names,
+                    class_names=names,
+                    fmt=self.fmt,
+                    **(avg | self.case_options),
+                )
+            logger.info("reliability figures: %d written to %s", len(written), folder)
         self.written = written
-        logger.info("reliability figures: %d written to %s", len(written), folder)

@@ -20,6 +20,7 @@ from calibseg.losses.compound import (
     SoftL1ACEandDiceLoss,
 )
 from calibseg.losses.cross_entropy import CrossEntropyLoss
+from calibseg.losses.deep_supervision import ACEDeepSupervisionLoss, ace_levels
 
 __all__ = [
     "hard_binned_calibration",
@@ -33,4 +34,6 @@ __all__ = [
     "SoftL1ACEandDiceLoss",
     "SoftL1ACEandDiceCELoss",
     "CrossEntropyLoss",
+    "ACEDeepSupervisionLoss",
+    "ace_levels",
 ]

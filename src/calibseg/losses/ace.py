@@ -86,8 +86,8 @@ def soft_binned_calibration(
     input: torch.Tensor,
     target: torch.Tensor,
     num_bins: int = 20,
-    right: bool = False,
     empty_weight: float = DEFAULT_EMPTY_WEIGHT,
+    right: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Soft-binned calibration statistics of probabilities ``input`` against ``target``.
 
@@ -97,8 +97,8 @@ def soft_binned_calibration(
         input: probabilities ``[B, C, *spatial]`` in [0, 1].
         target: one-hot or soft targets, same shape, in [0, 1].
         num_bins: number of equal-width bins on [0, 1].
-        right: kept for signature compatibility with :func:`hard_binned_calibration`.
         empty_weight: a bin whose summed weight is below this counts as empty.
+        right: kept for signature compatibility with :func:`hard_binned_calibration`.
 
     Returns:
         ``(mean_p, mean_gt, counts)``, each ``[B, C, num_bins]``: weighted means per bin (NaN
@@ -128,7 +128,7 @@ class _L1ACELoss(_Loss):
         reduction: LossReduction | str = LossReduction.MEAN,
         weight: Sequence[float] | float | int | torch.Tensor | None = None,
         right: bool = False,
-        ignore_empty_classes: bool = False,
+        ignore_empty_classes: bool = True,
         empty_weight: float = 0.0,
         membership_grad: bool = True,
     ) -> None:
@@ -241,7 +241,9 @@ class HardL1ACELoss(_L1ACELoss):
         right: with ``False`` a value on an inner bin edge falls in the lower bin.
         ignore_empty_classes: leave out (image, class) pairs whose target is all zero; ``"mean"``
             then averages over the remaining pairs only (masked mean, so the scale does not shrink
-            as more classes are empty); ``"none"`` gives 0 for them. Default False.
+            as more classes are empty); ``"none"`` gives 0 for them. Default True, as in the
+            paper's code (whose ``"mean"`` divides by all pairs instead; see the README,
+            "Coming from the paper's code").
 
     Example:
         >>> loss = HardL1ACELoss(softmax=True, to_onehot_y=True)
@@ -261,7 +263,7 @@ class HardL1ACELoss(_L1ACELoss):
         reduction: LossReduction | str = LossReduction.MEAN,
         weight: Sequence[float] | float | int | torch.Tensor | None = None,
         right: bool = False,
-        ignore_empty_classes: bool = False,
+        ignore_empty_classes: bool = True,
     ) -> None:
         super().__init__(
             num_bins=num_bins,
@@ -290,7 +292,9 @@ class SoftL1ACELoss(_L1ACELoss):
         num_bins, include_background, to_onehot_y, sigmoid, softmax, other_act, reduction,
         weight, right, ignore_empty_classes: as in :class:`HardL1ACELoss` (``right`` has no
             effect on soft binning; it is accepted for a uniform signature).
-        empty_weight: minimum summed weight of a non-empty bin. Default 0.01.
+        empty_weight: minimum summed weight of a non-empty bin. Default 0.01. (Positional
+            order as in the paper's code: ``..., weight, empty_weight, right,
+            ignore_empty_classes``.)
         membership_grad: if True (default) the gradient is the exact derivative, including
             the change of each voxel's split between its two bins (slope ``num_bins`` per unit
             probability, scaled by ``1 / bin weight``); this term dominates the gradient of a
@@ -315,9 +319,9 @@ class SoftL1ACELoss(_L1ACELoss):
         other_act: Callable | None = None,
         reduction: LossReduction | str = LossReduction.MEAN,
         weight: Sequence[float] | float | int | torch.Tensor | None = None,
-        right: bool = False,
-        ignore_empty_classes: bool = False,
         empty_weight: float = DEFAULT_EMPTY_WEIGHT,
+        right: bool = False,
+        ignore_empty_classes: bool = True,
         membership_grad: bool = True,
     ) -> None:
         super().__init__(

@@ -5,8 +5,9 @@ All compound losses take **logits** ``[B, C, *spatial]``. Unless ``ace_params`` 
 a softmax over channels is computed once and fed to the ACE and Dice parts; the cross-entropy
 part always works on the logits and on class indices (one-hot targets are converted; soft
 targets use the probabilistic cross-entropy). With the default weights of 1 the loss is
-``ACE + Dice + CE``: the ACE term is *added* to the usual baseline, so runs with and without it
-are comparable.
+``0.5 * ACE + 0.5 * CE`` (or Dice), ``0.33`` each for the three-part losses, the defaults and
+positional order of the paper's code. Set ``ace_weight=1`` and the other weights to 1 to *add*
+the ACE term to the usual baseline, as calibseg's bundles do.
 """
 
 from __future__ import annotations
@@ -80,13 +81,15 @@ class _ACECompound(_Loss):
             self.ce_weight = _check_weight("ce_weight", ce_weight)
             self.ce = CrossEntropyLoss(**(ce_params or {}))
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, target: torch.Tensor, ace: bool = True) -> torch.Tensor:
         """Weighted sum of the parts.
 
         Args:
             input: logits ``[B, C, *spatial]``.
             target: class indices ``[B, 1, *spatial]`` with ``to_onehot_y=True``, else one-hot or
                 soft labels ``[B, C, *spatial]``.
+            ace: False leaves the ACE term out (the baseline part alone), e.g. at the coarse
+                levels of deep supervision (see :class:`calibseg.losses.ACEDeepSupervisionLoss`).
 
         Returns:
             ``ace_weight * ACE (+ dice_weight * Dice) (+ ce_weight * CE)``, each part reduced
@@ -95,23 +98,27 @@ class _ACECompound(_Loss):
         check_same_ndim(input, target)
         labels = prepare_target(target, input.shape[1], self.to_onehot_y)
         probs = None
-        if self._ace_shared or self._dice_shared:
+        if (ace and self._ace_shared) or self._dice_shared:
             probs = activate(input, sigmoid=False, softmax=True, other_act=None)
-        total = self.ace_weight * self.ace(probs if self._ace_shared else input, labels)
+        total = torch.zeros((), dtype=input.dtype, device=input.device)
+        if ace:
+            total = self.ace_weight * self.ace(probs if self._ace_shared else input, labels)
         if self.dice is not None:
             dice_in = probs if self._dice_shared else input
             total = total + self.dice_weight * self.dice(dice_in, labels.to(dice_in.dtype))
         if self.ce is not None:
-            total = total + self.ce_weight * self.ce(input, target)
+            # the one-hot labels, as the paper's code: class weights then normalise by the voxel
+            # count (torch's rule for probability targets)
+            total = total + self.ce_weight * self.ce(input, labels)
         return total
 
 
 class _ACEandCE(_ACECompound):
     def __init__(
         self,
+        ace_weight: float = 0.5,
+        ce_weight: float = 0.5,
         to_onehot_y: bool = False,
-        ace_weight: float = 1.0,
-        ce_weight: float = 1.0,
         ace_params: dict | None = None,
         ce_params: dict | None = None,
     ) -> None:
@@ -122,9 +129,9 @@ class _ACEandCE(_ACECompound):
 class _ACEandDice(_ACECompound):
     def __init__(
         self,
+        ace_weight: float = 0.5,
+        dice_weight: float = 0.5,
         to_onehot_y: bool = False,
-        ace_weight: float = 1.0,
-        dice_weight: float = 1.0,
         ace_params: dict | None = None,
         dice_params: dict | None = None,
     ) -> None:
@@ -135,17 +142,18 @@ class _ACEandDice(_ACECompound):
 
 
 class _ACEandDiceCE(_ACECompound):
-    def __init__(
+    """Keyword order of the paper's code: hard ``(ace, ce, dice)``, soft ``(ace, dice, ce)``."""
+
+    def _init_parts(
         self,
-        to_onehot_y: bool = False,
-        ace_weight: float = 1.0,
-        ce_weight: float = 1.0,
-        dice_weight: float = 1.0,
-        ace_params: dict | None = None,
-        ce_params: dict | None = None,
-        dice_params: dict | None = None,
+        to_onehot_y: bool,
+        ace_weight: float,
+        ce_weight: float,
+        dice_weight: float,
+        ace_params: dict | None,
+        dice_params: dict | None,
+        ce_params: dict | None,
     ) -> None:
-        super().__init__()
         self._setup(
             to_onehot_y,
             ace_weight,
@@ -160,16 +168,17 @@ class _ACEandDiceCE(_ACECompound):
 _ARGS_DOC = """
     Args:
         to_onehot_y: target is class indices ``[B, 1, *spatial]``; converted to one-hot once for
-            the ACE and Dice parts (cross-entropy uses the indices). Default False.
-        ace_weight, ce_weight, dice_weight: non-negative weights of the parts this loss has,
-            default 1 each (ACE added to the baseline loss).
+            all parts. Default False.
+        ace_weight, ce_weight, dice_weight: non-negative weights of the parts this loss has;
+            default 0.5 each (two parts) or 0.33 each (three parts), as in the paper's code.
         ace_params: keyword arguments of the ACE loss (``num_bins``, ``include_background``,
             ``reduction``, ``weight``, ``ignore_empty_classes``, ...); without an activation key
             the shared softmax is used.
         dice_params: (Dice variants) keyword arguments of ``monai.losses.DiceLoss``; same
             activation rule.
-        ce_params: (CE variants) keyword arguments of :class:`calibseg.losses.CrossEntropyLoss`
-            (``weight``, ``reduction``, ``label_smoothing``).
+        ce_params: (CE variants) keyword arguments of :class:`calibseg.losses.CrossEntropyLoss`,
+            i.e. those of ``torch.nn.CrossEntropyLoss`` (``weight``, ``reduction``,
+            ``label_smoothing``, ``ignore_index``); the part gets the one-hot labels.
 
     Example:
         >>> loss = {name}(to_onehot_y=True)
@@ -188,6 +197,21 @@ class HardL1ACEandDiceLoss(_ACEandDice):
 class HardL1ACEandDiceCELoss(_ACEandDiceCE):
     _ace_cls = HardL1ACELoss
 
+    def __init__(
+        self,
+        ace_weight: float = 0.33,
+        ce_weight: float = 0.33,
+        dice_weight: float = 0.33,
+        to_onehot_y: bool = False,
+        ace_params: dict | None = None,
+        dice_params: dict | None = None,
+        ce_params: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_parts(
+            to_onehot_y, ace_weight, ce_weight, dice_weight, ace_params, dice_params, ce_params
+        )
+
 
 class SoftL1ACEandCELoss(_ACEandCE):
     _ace_cls = SoftL1ACELoss
@@ -199,6 +223,21 @@ class SoftL1ACEandDiceLoss(_ACEandDice):
 
 class SoftL1ACEandDiceCELoss(_ACEandDiceCE):
     _ace_cls = SoftL1ACELoss
+
+    def __init__(
+        self,
+        ace_weight: float = 0.33,
+        dice_weight: float = 0.33,
+        ce_weight: float = 0.33,
+        to_onehot_y: bool = False,
+        ace_params: dict | None = None,
+        dice_params: dict | None = None,
+        ce_params: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_parts(
+            to_onehot_y, ace_weight, ce_weight, dice_weight, ace_params, dice_params, ce_params
+        )
 
 
 for _cls, _kind, _parts in (

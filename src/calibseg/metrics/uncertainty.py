@@ -30,17 +30,11 @@ __all__ = [
 #: names of the maps returned by :func:`uncertainty_maps` / :meth:`UncertaintyAccumulator.maps`
 MAP_NAMES = ("entropy", "aleatoric", "epistemic", "1mmaxp", "variance")
 
-_TINY = 1e-12
-
-
-def _xlogx(p: torch.Tensor) -> torch.Tensor:
-    """``p log p`` with the limit 0 at p = 0."""
-    return torch.where(p > 0, p * torch.log(p.clamp_min(_TINY)), torch.zeros_like(p))
-
 
 def entropy(prob: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Shannon entropy in nats over the class axis ``dim`` (``[C, *spatial]`` → ``[*spatial]``)."""
-    return -_xlogx(prob).sum(dim)
+    """Shannon entropy in nats over the class axis ``dim`` (``[C, *spatial]`` → ``[*spatial]``);
+    ``0 log 0 = 0`` (``torch.special.entr``)."""
+    return torch.special.entr(prob).sum(dim)
 
 
 def one_minus_max_prob(prob: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -92,7 +86,7 @@ class UncertaintyAccumulator:
                 "(classes first); all members must predict the same grid and classes."
             )
         w = float(weight)
-        h = -_xlogx(p).sum(0)
+        h = entropy(p)
         if self._sp is None:
             self._sp, self._sp2, self._sh = w * p, w * p * p, w * h
             if self.method == "logit-mean":
