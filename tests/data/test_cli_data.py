@@ -113,3 +113,27 @@ def test_prepare_multirater_reports_missing_rater_and_truncated_file(tmp_path, n
     assert r.exit_code == 1
     assert "missing rater 2 label file" in r.output and "truncated" in r.output
     assert not dl.exists()
+
+
+def test_prepare_curvas_console_script_exits_1_on_a_missing_rater(tmp_path, nii, labvol):
+    import subprocess
+    import sys
+
+    root = tmp_path / "curvas"
+    for case in ("A", "B"):
+        nii(str(root / case / "image.nii.gz"), np.zeros((8, 8, 4), np.float32))
+        for r in (1, 2, 3):
+            if (case, r) != ("B", 2):
+                nii(str(root / case / f"annotation_{r}.nii.gz"), labvol(r))
+    exe = os.path.join(os.path.dirname(sys.executable), "calibseg")
+    dl = tmp_path / "dl.json"
+    res = subprocess.run(
+        [exe, "data", "prepare", "curvas", "--data-root", str(root), "--out", str(dl)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "250"},
+        timeout=600,
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "missing rater 2 label file" in res.stdout
+    assert not dl.exists()
