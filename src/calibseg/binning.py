@@ -38,6 +38,7 @@ __all__ = [
     "calibration_errors",
     "validate_pair",
     "check_num_bins",
+    "MAX_NUM_BINS",
     "DEFAULT_EMPTY_WEIGHT",
 ]
 
@@ -48,6 +49,9 @@ _EPS32 = float(torch.finfo(torch.float32).eps)
 DEFAULT_CHUNK = 1 << 20
 # the kernels' bucketize guess is within one bin of the truth far beyond this
 _MAX_KERNEL_BINS = 1 << 16
+# the largest binning accepted anywhere: finer than float16 resolution, and [B, C, K] statistics
+# (or a [C, K, K] dataset histogram) beyond it only exhaust memory
+MAX_NUM_BINS = 1 << 16
 _KERNEL_P = (torch.float32, torch.float64)
 
 
@@ -64,9 +68,14 @@ def bin_centres(num_bins: int, device: torch.device | str | None = None) -> torc
 
 
 def check_num_bins(num_bins: int) -> int:
-    """Return ``num_bins`` if it is an integer >= 1, else raise ``ValueError``."""
+    """``num_bins`` if it is an integer in ``[1, MAX_NUM_BINS]``, else ``ValueError``."""
     if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 1:
         raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}.")
+    if num_bins > MAX_NUM_BINS:
+        raise ValueError(
+            f"num_bins must be at most {MAX_NUM_BINS}, got {num_bins}; calibration needs far "
+            "fewer bins (typically 10-100)."
+        )
     return num_bins
 
 
@@ -75,7 +84,10 @@ def validate_pair(
 ) -> None:
     """Check that ``y_pred`` and ``y`` are ``[B, C, *spatial]`` of one shape, finite, in [0, 1].
 
-    Raises ``ValueError`` with a one-line message naming the problem.
+    The one input check of every binning consumer (kernels, metrics, losses, handlers): an
+    empty batch (no values) is refused, and integer targets are always range-checked (one
+    min/max pass; ``check_range=False`` skips only the floating-point checks, which the kernels
+    fold into their pass). Raises ``ValueError`` with a one-line message naming the problem.
     """
     if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError("y_pred and y must be torch.Tensor.")
@@ -87,6 +99,15 @@ def validate_pair(
         raise ValueError(
             f"inputs must have shape [B, C, *spatial] (at least 3 dims), got {tuple(y_pred.shape)}."
         )
+    if y_pred.numel() == 0:
+        raise ValueError(f"empty batch: inputs of shape {tuple(y_pred.shape)} hold no values.")
+    if y.dtype != torch.bool and not y.is_floating_point():
+        lo, hi = (int(v) for v in torch.aminmax(y))
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"target must lie in [0, 1], got integer values in [{lo}, {hi}]; give one-hot "
+                "targets (class indices [B, 1, *spatial] → monai.networks.one_hot)."
+            )
     if not check_range:
         return
     for name, t in (("y_pred", y_pred), ("y", y)):

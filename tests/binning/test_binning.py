@@ -327,8 +327,7 @@ def test_many_bins_match_bucketize(num_bins: int, right: bool) -> None:
     assert torch.equal(fast.weight, slow.weight)
 
 
-def test_empty_input_gives_empty_stats(stats_fn) -> None:
-    s = stats_fn(torch.rand(0, 2, 5), torch.rand(0, 2, 5), 4)
-    assert s.shape == (0, 2, 4)
-    s = stats_fn(torch.rand(1, 2, 0), torch.rand(1, 2, 0), 4)
-    assert s.weight.tolist() == [[[0] * 4] * 2]
+def test_empty_input_is_one_clear_error(stats_fn) -> None:
+    for shape in ((0, 2, 5), (1, 2, 0)):
+        with pytest.raises(ValueError, match="empty batch"):
+            stats_fn(torch.rand(shape), torch.rand(shape), 4)

@@ -12,9 +12,9 @@ from calibseg.data.synthetic import generate
 
 
 def test_registry_names_and_specs():
-    assert list_datasets() == ["acdc17", "amos22", "brats21", "kits23", "synthetic"]
+    assert list_datasets() == ["acdc17", "amos22", "brats21", "curvas", "kits23", "synthetic"]
     with pytest.raises(
-        ValueError, match="valid datasets: acdc17, amos22, brats21, kits23, synthetic"
+        ValueError, match="valid datasets: acdc17, amos22, brats21, curvas, kits23, synthetic"
     ):
         get_dataset("lits")
     acdc = get_dataset("acdc17")

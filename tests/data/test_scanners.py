@@ -96,21 +96,45 @@ def test_kits_layout_shape_mismatch_and_corrupt(tmp_path, nii, labvol):
     assert "unreadable or corrupt" in problems[1].problem
 
 
-def test_truncated_file_needs_deep_check(tmp_path, nii):
+def _kits_case(tmp_path, nii, name="imaging.nii.gz"):
     path = nii(
-        str(tmp_path / "d" / "case_00000" / "imaging.nii.gz"),
+        str(tmp_path / "d" / "case_00000" / name),
         np.random.default_rng(0).random((16, 16, 16)),
     )
     nii(
         str(tmp_path / "d" / "case_00000" / "segmentation.nii.gz"), np.zeros((16, 16, 16), np.uint8)
     )
-    raw = gzip.decompress(open(path, "rb").read())
+    return path
+
+
+def test_cut_short_download_is_found_without_deep(tmp_path, nii):
+    path = _kits_case(tmp_path, nii)
+    items = get_dataset("kits23").scan(str(tmp_path / "d"))
+    assert check_items(items) == []
+    data = open(path, "rb").read()
     with open(path, "wb") as f:
+        f.write(data[: len(data) * 2 // 3])  # an interrupted download: the header is intact
+    problems = check_items(items)
+    assert len(problems) == 1 and problems[0].path == path
+    # 348-byte header + 4-byte extension flag + 16³ float64 voxels
+    assert "truncated" in problems[0].problem and str(352 + 16**3 * 8) in problems[0].problem
+
+
+def test_short_gzip_stream_and_short_nii_are_found_without_deep(tmp_path, nii):
+    path = _kits_case(tmp_path, nii)
+    raw = gzip.decompress(open(path, "rb").read())
+    with open(path, "wb") as f:  # a complete gzip stream holding half of the file
         f.write(gzip.compress(raw[: len(raw) // 2]))
     items = get_dataset("kits23").scan(str(tmp_path / "d"))
-    assert check_items(items) == []  # the header alone is intact
-    deep = check_items(items, deep=True)
-    assert len(deep) == 1 and "corrupt" in deep[0].problem and deep[0].path == path
+    problems = check_items(items)
+    assert len(problems) == 1 and "truncated" in problems[0].problem
+    assert f"{len(raw) // 2} bytes decompressed" in problems[0].problem
+    # an uncompressed .nii cut short: its size is compared with the header's byte count
+    nii_path = tmp_path / "short.nii"
+    with open(nii_path, "wb") as f:
+        f.write(raw[: len(raw) - 8])
+    problems = check_items([{"case": "s", "image": str(nii_path)}])
+    assert len(problems) == 1 and f"{len(raw) - 8} bytes" in problems[0].problem
 
 
 def test_brats_four_channels_nested_root(tmp_path, nii):
@@ -150,18 +174,41 @@ def test_multirater_layout(tmp_path, nii, labvol):
     (root / "README.txt").write_text("not a case")
     items = scan_multirater(str(root))
     assert _cases(items) == ["UKCHLL001", "UKCHLL002"]
+    # numbers sort as numbers (10 after 3); raters 4..9 are missing in every case
     assert [os.path.basename(p) for p in items[0]["raters"]] == [
-        "annotation_1.nii.gz",
-        "annotation_2.nii.gz",
-        "annotation_3.nii.gz",
-        "annotation_10.nii.gz",
+        f"annotation_{r}.nii.gz" for r in range(1, 11)
     ]
     assert "label" not in items[0]
-    assert check_items(items) == []
+    problems = check_items(items)
+    assert [(p.case, p.problem) for p in problems] == [
+        ("UKCHLL001", f"missing rater {r} label file") for r in range(4, 10)
+    ] + [("UKCHLL002", f"missing rater {r} label file") for r in range(3, 11)]
+    os.remove(root / "UKCHLL001" / "annotation_10.nii.gz")
+    items = scan_multirater(str(root))
+    assert check_items([items[0]]) == []
     os.makedirs(root / "UKCHLL003")
     nii(str(root / "UKCHLL003" / "image.nii.gz"), IMG)
     problems = check_items(scan_multirater(str(root)))
-    assert [str(p) for p in problems] == ["UKCHLL003: no rater annotations"]
+    assert [(p.case, p.problem) for p in problems] == [
+        ("UKCHLL002", "missing rater 3 label file"),
+        ("UKCHLL003", "no rater annotations"),
+    ]
+
+
+def test_multirater_missing_rater_keeps_its_number(tmp_path, nii, labvol):
+    root = tmp_path / "curvas"
+    for case in ("A", "B"):
+        nii(str(root / case / "image.nii.gz"), IMG)
+        for r in (1, 2, 3):
+            nii(str(root / case / f"annotation_{r}.nii.gz"), labvol(r))
+    os.remove(root / "B" / "annotation_2.nii.gz")
+    items = get_dataset("curvas").scan(str(root))
+    b = items[1]["raters"]
+    # rater 3 stays rater 3; rater 2's slot names the missing file
+    assert [os.path.basename(p) for p in b] == [f"annotation_{r}.nii.gz" for r in (1, 2, 3)]
+    assert os.path.exists(b[2]) and not os.path.exists(b[1])
+    problems = get_dataset("curvas").validate(items)
+    assert problems == [f"B: missing rater 2 label file ({b[1]})"]
 
 
 def test_decathlon_without_dataset_json(tmp_path, nii, labvol):
@@ -199,7 +246,7 @@ def test_decathlon_dataset_json_relative_paths_and_missing_rater(tmp_path, nii, 
     assert [p.problem for p in check_items(items)] == ["missing rater 1 label file"]
 
 
-@pytest.mark.parametrize("name", ["acdc17", "amos22", "brats21", "kits23", "synthetic"])
+@pytest.mark.parametrize("name", ["acdc17", "amos22", "brats21", "curvas", "kits23", "synthetic"])
 def test_missing_or_empty_root(tmp_path, name):
     spec = get_dataset(name)
     with pytest.raises(FileNotFoundError, match="data root not found"):

@@ -106,14 +106,19 @@ def test_calibration_error_matches_monai_handler(reduction):
     assert eng.state.metric_details["ours"].shape == (6, 2)
 
 
-def test_calibration_error_iteration_average_and_reuse_of_binning_data():
+def test_calibration_error_iteration_average_and_reuse_of_binning_data(monkeypatch):
+    from calibseg.handlers import calibration as hc
+
     data = _batches()
     eng = _engine()
     BinningDataHandler(num_bins=K).attach(eng)
-    # the transform gives nothing usable: the values must come from iteration_binning
-    CalibrationError(num_bins=K, average="iteration", output_transform=lambda o: (0, 0)).attach(
-        eng, "ECE"
-    )
+    CalibrationError(num_bins=K, average="iteration", output_transform=_pair).attach(eng, "ECE")
+
+    def no_second_binning(*a, **k):
+        raise AssertionError("binned again although BinningDataHandler binned the same tensors")
+
+    # same tensors, bins and edge rule: the values must come from iteration_binning
+    monkeypatch.setattr(hc, "bin_output", no_second_binning)
     eng.run(data, max_epochs=1)
     per_iter = [
         compute_bin_stats(d["pred"], d["label"], K).errors()["ece"].mean().item() for d in data
@@ -212,3 +217,34 @@ def test_reliability_handler_bad_arguments():
     ReliabilityDiagramHandler(output_dir="unused", num_bins=K, class_names=["a", "b"]).attach(eng)
     with pytest.raises(ValueError, match="2 class_names given for 3 channels"):
         eng.run(_batches(n_iter=1, empty=()), max_epochs=1)
+
+
+def _edge_batch():
+    """Hand example, 2 bins: p = [edge, 0.2], y = [1, 0] and a second prediction 0.7."""
+    from calibseg.binning import bin_edges
+
+    e = float(bin_edges(2)[1])  # the inner edge (just above 0.5)
+    p = torch.tensor([[[e, 0.2]]])
+    return {"pred": p, "pred2": torch.full_like(p, 0.7), "label": torch.tensor([[[1.0, 0.0]]])}
+
+
+def test_handlers_honour_their_own_right_and_output_transform():
+    batch = _edge_batch()
+    e = float(batch["pred"][0, 0, 0])
+    # right=False: both values in bin 0 → |(e + 0.2)/2 − 1/2|
+    # right=True: e alone in bin 1 (gap 1 − e), 0.2 in bin 0 (gap 0.2) → mean of the two
+    by_hand = {False: abs((e + 0.2) / 2 - 0.5), True: ((1 - e) + 0.2) / 2}
+    for right in (False, True):
+        eng = Engine(lambda en, b: dict(b))
+        BinningDataHandler(num_bins=2, right=False).attach(eng)
+        CalibrationError(num_bins=2, right=right, output_transform=_pair).attach(eng, "ECE")
+        # its own transform: the second prediction, constant 0.7 vs targets 1, 0 → |0.7 − 0.5|
+        other = CalibrationErrorHandler(
+            num_bins=2,
+            right=right,
+            output_transform=lambda o: (o["pred2"], o["label"]),
+        )
+        other.attach(eng)
+        eng.run([batch], max_epochs=1)
+        assert eng.state.metrics["ECE"] == pytest.approx(by_hand[right], abs=1e-6)
+        assert other.results["per_case"]["ece"].item() == pytest.approx(0.2, abs=1e-6)

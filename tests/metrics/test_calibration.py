@@ -4,7 +4,7 @@ import monai.metrics as mm
 import pytest
 import torch
 
-from calibseg.binning import bin_edges, compute_bin_stats
+from calibseg.binning import MAX_NUM_BINS, bin_edges, compute_bin_stats
 from calibseg.metrics import (
     CalibrationAccumulator,
     CalibrationErrorMetric,
@@ -117,10 +117,10 @@ def test_metric_matches_monai_on_random_edge_and_empty_inputs(reduction, include
         assert torch.equal(n1, n2)
 
 
-def test_image_without_voxels_is_nan_and_ignored():
+def test_image_without_voxels_is_refused_and_nothing_is_kept():
     m = CalibrationErrorMetric(num_bins=5, metric_reduction="none")
-    m(torch.empty(1, 2, 0), torch.empty(1, 2, 0))
-    assert torch.isnan(m.aggregate()).all()
+    with pytest.raises(ValueError, match="empty batch"):
+        m(torch.empty(1, 2, 0), torch.empty(1, 2, 0))
     m(torch.full((1, 2, 4), 0.7), torch.tensor([[[1.0, 1, 0, 0], [1, 1, 1, 1]]]))
     m.metric_reduction = "mean_batch"
     torch.testing.assert_close(m.aggregate(), torch.tensor([0.2, 0.3]))
@@ -186,3 +186,76 @@ def test_accumulator_errors():
         acc.update(*_random_pair(1, 3, (3,)))
     with pytest.raises(ValueError, match="bins"):
         acc.add(compute_bin_stats(*_random_pair(1, 2, (3,)), num_bins=5))
+
+
+def _entry_points():
+    """Every public consumer of the binning, as f(y_pred, y, num_bins)."""
+    from calibseg.binning import binned_sums
+    from calibseg.handlers.binning import bin_output
+    from calibseg.losses import (
+        HardL1ACELoss,
+        SoftL1ACELoss,
+        hard_binned_calibration,
+        soft_binned_calibration,
+    )
+    from calibseg.metrics import ReliabilityDiagramMetric
+
+    def acc(p, y, k):
+        CalibrationAccumulator(num_bins=k).update(p, y)
+
+    return {
+        "compute_bin_stats": lambda p, y, k: compute_bin_stats(p, y, num_bins=k),
+        "binned_sums": lambda p, y, k: binned_sums(p, y, num_bins=k),
+        "calibration_binning": lambda p, y, k: calibration_binning(p, y, num_bins=k),
+        "CalibrationErrorMetric": lambda p, y, k: CalibrationErrorMetric(num_bins=k)(p, y),
+        "CalibrationAccumulator": acc,
+        "ReliabilityDiagramMetric": lambda p, y, k: ReliabilityDiagramMetric(num_bins=k)(p, y),
+        "BinningDataHandler": lambda p, y, k: bin_output(p, y, k, False),
+        "hard_binned_calibration": lambda p, y, k: hard_binned_calibration(p, y, num_bins=k),
+        "soft_binned_calibration": lambda p, y, k: soft_binned_calibration(p, y, num_bins=k),
+        "HardL1ACELoss": lambda p, y, k: HardL1ACELoss(num_bins=k)(p, y),
+        "SoftL1ACELoss": lambda p, y, k: SoftL1ACELoss(num_bins=k)(p, y),
+    }
+
+
+# binned_sums is the raw differentiable kernel under the losses, which check floating ranges
+# themselves (one pass over the data, not two); integer targets are checked everywhere
+@pytest.mark.parametrize(
+    "name, dtype",
+    [
+        (name, dtype)
+        for name in sorted(_entry_points())
+        for dtype in (torch.uint8, torch.int64, torch.float32)
+        if not (name == "binned_sums" and dtype.is_floating_point)
+    ],
+)
+def test_targets_outside_unit_range_are_refused_everywhere(name, dtype):
+    # class indices given where one-hot targets are expected: values up to 2
+    p = torch.full((1, 2, 4), 0.5)
+    y = torch.tensor([[[0, 1, 2, 2], [1, 0, 2, 0]]]).to(dtype)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        _entry_points()[name](p, y, 10)
+
+
+@pytest.mark.parametrize("name", sorted(_entry_points()))
+@pytest.mark.parametrize("shape", [(0, 2, 4), (1, 2, 0)])
+def test_empty_batch_is_one_clear_error_everywhere(name, shape):
+    with pytest.raises(ValueError, match="empty batch"):
+        _entry_points()[name](torch.rand(shape), torch.zeros(shape), 10)
+
+
+@pytest.mark.parametrize("name", sorted(_entry_points()))
+def test_num_bins_is_capped_everywhere(name):
+    p, y = torch.rand(1, 2, 4), torch.zeros(1, 2, 4)
+    with pytest.raises(ValueError, match=f"at most {MAX_NUM_BINS}"):
+        _entry_points()[name](p, y, MAX_NUM_BINS + 1)
+    with pytest.raises(ValueError, match="num_bins"):
+        _entry_points()[name](p, y, 0)
+
+
+def test_integer_bool_and_float_targets_in_range_agree():
+    # hand: one bin [0.5, 0.6) holding all 4 voxels, p = 0.5; targets 1, 1, 0, 0 → gap 0
+    p = torch.full((1, 1, 4), 0.5)
+    y = torch.tensor([[[1, 1, 0, 0]]])
+    for t in (y, y.bool(), y.to(torch.uint8), y.float()):
+        assert float(CalibrationErrorMetric(num_bins=10)(p, t)) == pytest.approx(0.0)

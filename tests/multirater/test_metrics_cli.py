@@ -123,3 +123,19 @@ def test_curvas_layout_and_errors(synth_multirater, tmp_path):
     nib.save(nib.Nifti1Image(p, lab.affine), bad / f"{items[0]['case']}_prob.nii.gz")
     with pytest.raises(ValueError, match="2 channels"):
         compute_metrics_table(str(bad), ds)
+
+
+def test_curvas_missing_rater_is_refused_not_renumbered(synth_multirater, tmp_path):
+    ds, good, _ = synth_multirater
+    items, _ = load_rater_items(ds)
+    root = tmp_path / "curvas"
+    for it in items:
+        d = root / it["case"]
+        d.mkdir(parents=True)
+        os.symlink(it["image"], d / "image.nii.gz")
+        for k, p in enumerate(it["raters"], 1):
+            os.symlink(p, d / f"annotation_{k}.nii.gz")
+    k = len(items[0]["raters"])
+    os.remove(root / items[1]["case"] / "annotation_1.nii.gz")
+    with pytest.raises(FileNotFoundError, match=f"lacks rater\\(s\\) 1 of {k}"):
+        load_rater_items(str(root))

@@ -204,6 +204,17 @@ REGISTRY: dict[str, DatasetSpec] = {
         regions="kits23",
         description="KiTS 2023 kidney CT",
     ),
+    "curvas": DatasetSpec(
+        name="curvas",
+        class_names=tuple(scanners.MULTIRATER_CLASS_NAMES),
+        in_channels=1,
+        scanner=scanners.scan_multirater,
+        layout="<case>/image.nii.gz + annotation_1..K.nii.gz (CURVAS style)",
+        intensity="ct",
+        spacing=None,
+        hu_range=(-100.0, 200.0),
+        description="CURVAS-style multi-rater abdominal CT (K rater annotations, no reference)",
+    ),
     "synthetic": DatasetSpec(
         name="synthetic",
         class_names=("background", "organ", "vessel", "lesion"),

@@ -51,12 +51,21 @@ def read_acdc_info(text: str) -> dict[str, str]:
 def scan_acdc17(root: str) -> list[dict]:
     """ACDC 2017: ``training|testing/patientNNN/patientNNN_frameFF.nii.gz`` + ``_gt`` labels.
 
+    ``root`` is the folder holding ``training``/``testing`` or the archive's root with them in
+    ``database/`` (the official ``ACDC/database/{training,testing}``).
+
     With ``Info.cfg`` the ED and ES frames are taken (labels expected for both); without it,
     every frame that has a ``_gt`` file. Items carry ``"group"`` = patient id (so both frames
     of a patient stay in one split), ``"subset"`` and ``"phase"`` ("ED"/"ES"/"").
     """
     layout = "training|testing/patientNNN/patientNNN_frameFF.nii.gz (+ _gt, Info.cfg)"
     root = _require_root(root, layout)
+    # the official archive unpacks as ACDC/database/{training,testing}: accept its root too
+    database = storage.join(root, "database")
+    if not any(storage.isdir(storage.join(root, s)) for s in ("training", "testing")) and (
+        storage.isdir(database)
+    ):
+        root = database
     items = []
     for subset in ("training", "testing"):
         sub = storage.join(root, subset)
@@ -260,34 +269,44 @@ MULTIRATER_CLASS_NAMES = ["background", "pancreas", "kidney", "liver"]
 def scan_multirater(root: str) -> list[dict]:
     """CURVAS-style multi-rater layout: ``<case>/image.nii.gz`` + ``annotation_1..K.nii.gz``.
 
-    Items: ``{"case", "image", "raters": [annotation paths sorted by K]}``; classes are
-    background 0, pancreas 1, kidney 2, liver 3 (:data:`MULTIRATER_CLASS_NAMES`). There is no
-    reference label file: build one with ``monai.transforms.VoteEnsembled`` (majority) or
-    :class:`calibseg.transforms.AverageAnnotationsd` (soft) when needed. A case folder
-    without annotations is kept with ``"raters": []`` so validation can report it.
+    Items: ``{"case", "image", "raters": [annotation_1 … annotation_K paths]}`` with K the
+    largest annotation number in the dataset; ``raters[k - 1]`` is always rater k, so a missing
+    ``annotation_2`` is listed at its place (and reported by
+    :func:`calibseg.data.validate.check_items`) instead of rater 3 moving into its slot.
+    Classes are background 0, pancreas 1, kidney 2, liver 3 (:data:`MULTIRATER_CLASS_NAMES`).
+    There is no reference label file: build one with ``monai.transforms.VoteEnsembled``
+    (majority) or :class:`calibseg.transforms.AverageAnnotationsd` (soft) when needed. A case
+    folder without annotations is kept with ``"raters": []`` so validation can report it.
     """
     layout = "<case>/image.nii.gz + annotation_1..K.nii.gz"
     root = _require_root(root, layout)
-    items = []
+    found = []
     for case in storage.ls(root):
         cdir = storage.join(root, case)
         if not storage.isdir(cdir):
             continue
         names = storage.ls(cdir)
         image = next((n for n in ("image.nii.gz", "image.nii") if n in names), None)
-        ann = sorted(
-            (n for n in names if re.fullmatch(r"annotation_\d+\.nii(\.gz)?", n)),
-            key=lambda x: int(re.search(r"\d+", x).group(0)),
-        )
+        ann = {}
+        for n in names:
+            m = re.fullmatch(r"annotation_(\d+)\.nii(\.gz)?", n)
+            if m and int(m.group(1)) >= 1:
+                ann[int(m.group(1))] = n
         if image is None and not ann:
             continue
-        items.append(
-            {
-                "case": case,
-                "image": storage.join(cdir, image or "image.nii.gz"),
-                "raters": [storage.join(cdir, n) for n in ann],
-            }
-        )
-    if not items:
+        found.append((case, cdir, image, ann))
+    if not found:
         raise _no_cases(root, layout)
-    return items
+    k = max((max(ann) for *_, ann in found if ann), default=0)
+    return [
+        {
+            "case": case,
+            "image": storage.join(cdir, image or "image.nii.gz"),
+            "raters": [
+                storage.join(cdir, ann.get(r, f"annotation_{r}.nii.gz")) for r in range(1, k + 1)
+            ]
+            if ann
+            else [],
+        }
+        for case, cdir, image, ann in found
+    ]

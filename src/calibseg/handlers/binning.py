@@ -2,8 +2,10 @@
 
 :class:`BinningDataHandler` bins ``(y_pred, y)`` of each iteration with
 :func:`calibseg.binning.compute_bin_stats` and puts the results into ``engine.state.output``;
-the other calibseg handlers find them there and do not bin again. Attach it *before* them
-(Ignite runs handlers of one event in the order they were attached).
+the other calibseg handlers find them there and do not bin again — when their own
+``output_transform`` selects the very same tensors and their ``num_bins`` and ``right`` match;
+otherwise they bin their own inputs, so a consumer's options are never silently ignored.
+Attach it *before* them (Ignite runs handlers of one event in the order they were attached).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ __all__ = ["BinningDataHandler", "ITERATION_KEY", "RUNNING_KEY", "AGGREGATED_KEY
 ITERATION_KEY = "iteration_binning"
 RUNNING_KEY = "running_binning_data"
 AGGREGATED_KEY = "aggregated_binning_data"
+# (num_bins, right, identity of the binned inputs): lets consumers reuse the binning only when
+# their own options and output_transform give the very same inputs
+SOURCE_KEY = "binned_from"
 
 
 def default_transform() -> Callable[[Any], tuple[Any, Any]]:
@@ -68,15 +73,40 @@ def _outputs(output: Any) -> list[dict]:
     return []
 
 
-def read_iteration_binning(output: Any, num_bins: int) -> BinStats | None:
+def _fingerprint(x: Any) -> tuple:
+    """Identity of the data of a tensor or a list of tensors (storage, layout, in-place version)."""
+    if isinstance(x, torch.Tensor):
+        return (
+            x.data_ptr(),
+            tuple(x.shape),
+            x.stride(),
+            x.dtype,
+            str(x.device),
+            x._version,
+        )
+    if isinstance(x, (list, tuple)):
+        return tuple(_fingerprint(v) for v in x)
+    return (id(x),)
+
+
+def binning_source(y_pred: Any, y: Any, num_bins: int, right: bool) -> tuple:
+    """What a binning was computed from: the options and the identity of the inputs."""
+    return (num_bins, bool(right), _fingerprint(y_pred), _fingerprint(y))
+
+
+def read_iteration_binning(
+    output: Any, num_bins: int, right: bool, y_pred: Any, y: Any
+) -> BinStats | None:
     """BinStats ``[B, C, K]`` put into ``engine.state.output`` by :class:`BinningDataHandler`,
-    or None if absent or binned with another number of bins."""
+    or None if absent or not computed from these very inputs ``(y_pred, y)`` — the consumer's
+    own ``output_transform`` result — with these ``num_bins`` and ``right``; the consumer then
+    bins its own inputs, so its options are always honoured."""
     outs = _outputs(output)
-    if not outs or any(ITERATION_KEY not in o for o in outs):
+    if not outs or any(ITERATION_KEY not in o or SOURCE_KEY not in o for o in outs):
+        return None
+    if outs[0][SOURCE_KEY] != binning_source(y_pred, y, num_bins, right):
         return None
     t = outs[0][ITERATION_KEY] if len(outs) == 1 else torch.cat([o[ITERATION_KEY] for o in outs])
-    if t.shape[-1] != num_bins:
-        return None
     return stats_from_binning_tensor(t)
 
 
@@ -176,6 +206,7 @@ class BinningDataHandler:
             )
         y_pred, y = self.output_transform(engine.state.output)
         stats = bin_output(y_pred, y, self.num_bins, self.right)
+        source = binning_source(y_pred, y, self.num_bins, self.right)
         self.iteration_stats = stats
         tot = stats.total()
         self._total = tot if self._total is None else self._total + tot
@@ -192,3 +223,4 @@ class BinningDataHandler:
         for o in outs:
             o[RUNNING_KEY] = self._running
             o[AGGREGATED_KEY] = agg
+            o[SOURCE_KEY] = source

@@ -6,7 +6,8 @@
   from the ground truth per case, and CSV tables.
 
 Both reuse ``iteration_binning`` from :class:`~calibseg.handlers.BinningDataHandler` when it is
-attached first, and bin ``(y_pred, y)`` themselves otherwise.
+attached first and binned the same ``(y_pred, y)`` (their own ``output_transform``) with the same
+``num_bins`` and ``right``, and bin ``(y_pred, y)`` themselves otherwise.
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ class CalibrationError(IgniteMetricHandler):
         m: CalibrationErrorMetric = self.metric_fn  # type: ignore[assignment]
         stats = None
         if self._engine is not None:
-            stats = read_iteration_binning(self._engine.state.output, m.num_bins)
+            stats = read_iteration_binning(
+                self._engine.state.output, m.num_bins, m.right, output[0], output[1]
+            )
         if stats is None:
             stats = bin_output(output[0], output[1], m.num_bins, m.right)
         if not m.include_background:
@@ -191,9 +194,9 @@ class CaseStatsCollector:
 
     def collect(self, engine: Engine) -> None:
         """Add this iteration's cases."""
-        stats = read_iteration_binning(engine.state.output, self.num_bins)
+        y_pred, y = self.output_transform(engine.state.output)
+        stats = read_iteration_binning(engine.state.output, self.num_bins, self.right, y_pred, y)
         if stats is None:
-            y_pred, y = self.output_transform(engine.state.output)
             stats = bin_output(y_pred, y, self.num_bins, self.right)
         c = stats.shape[1]
         if self.class_names is not None and len(self.class_names) != c:

@@ -88,6 +88,15 @@ def load_rater_items(raters: str) -> tuple[list[dict], list[str] | None]:
     items = [it for it in scan_multirater(src) if it.get("raters")]
     if not items:
         raise ValueError(f"no case with annotation_*.nii.gz files under {raters}.")
+    # rater k of every case is annotation_k: a missing one is refused, never renumbered
+    for it in items:
+        gone = [k + 1 for k, p in enumerate(it["raters"]) if not storage.exists(p)]
+        if gone:
+            raise FileNotFoundError(
+                f"case {it['case']} lacks rater(s) {', '.join(map(str, gone))} of "
+                f"{len(it['raters'])} (annotation_<k>.nii.gz); `calibseg data prepare curvas "
+                f"--data-root {raters}` lists every problem."
+            )
     try:
         from calibseg.data.scanners import MULTIRATER_CLASS_NAMES as names
     except ImportError:
