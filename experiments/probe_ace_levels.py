@@ -42,8 +42,11 @@ def _grad_rms(loss_fn, z: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
 
 def probe(outputs: list[torch.Tensor], y: torch.Tensor, label: str) -> None:
     print(f"\n## {label}: batch {tuple(y.shape)}")
-    print("| level | voxels/image | median voxels per non-empty bin | bins < 10 voxels | "
-          + " | ".join(f"{n} value (grad RMS, × DiceCE)" for n in LOSSES) + " |")
+    print(
+        "| level | voxels/image | median voxels per non-empty bin | bins < 10 voxels | "
+        + " | ".join(f"{n} value (grad RMS, × DiceCE)" for n in LOSSES)
+        + " |"
+    )
     print("|" + "---|" * (4 + len(LOSSES)))
     for level, z in enumerate(outputs):
         t = F.interpolate(y, size=z.shape[2:], mode="nearest-exact")
@@ -57,8 +60,10 @@ def probe(outputs: list[torch.Tensor], y: torch.Tensor, label: str) -> None:
             value, rms = _grad_rms(make(), z.float(), t)
             base = rms if base is None else base
             cells.append(f"{value:.3f} ({rms:.2e}, {rms / base:.1f}×)")
-        print(f"| {level} | {int(np.prod(z.shape[2:]))} | {int(np.median(nz))} | "
-              f"{(nz < 10).mean():.0%} | " + " | ".join(cells) + " |")
+        print(
+            f"| {level} | {int(np.prod(z.shape[2:]))} | {int(np.median(nz))} | "
+            f"{(nz < 10).mean():.0%} | " + " | ".join(cells) + " |"
+        )
 
 
 def by_bin_weight(z: torch.Tensor, y: torch.Tensor) -> None:
