@@ -36,7 +36,7 @@ class DemoSettings:
     init_filters: int = 8
     blocks_down: tuple[int, ...] = (1, 1, 1, 1)
     split_fractions: tuple[float, float, float] = (0.5, 0.125, 0.375)
-    max_epochs: int = 64
+    max_epochs: int = 40
     learning_rate: float = 2.0e-3
     val_interval: int = 4
     ace_at: str | int = "full"
