@@ -94,6 +94,8 @@ def test_ctrl_c_during_storage_push_exits_130(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # a shell without job control starts background jobs with SIGINT ignored: restore it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert accepted.wait(60), "the push never reached the endpoint"

@@ -21,7 +21,15 @@ def test_sigint_during_train_exits_130_and_rerun_resumes(tiny_bundle):
     last = os.path.join(run, "checkpoints", "last.pt")
     env = {**os.environ, "COLUMNS": "200"}
     cmd = [CALIBSEG, "train", tiny_bundle, "--run-name", "sigint", "--max-epochs", "200"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        # a shell without job control starts background jobs with SIGINT ignored: restore it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 300
         while not os.path.exists(last) and time.monotonic() < deadline and proc.poll() is None:

@@ -29,8 +29,12 @@ def test_demo_tiny(tmp_path, monkeypatch, tiny_overrides):
     monkeypatch.setattr(D, "DemoSettings", tiny)
     out = str(tmp_path / "demo")
     args = ["demo", "--out", out, "--epochs", "1", "--cases", "6"]
+    import torch
+
+    threads = torch.get_num_threads()
     res = CliRunner().invoke(app, args, terminal_width=250)
     assert res.exit_code == 0, res.output
+    assert torch.get_num_threads() == threads  # one thread per run, restored afterwards
     assert "baseline_dice_ce" in res.output and "hardl1ace_dice_ce" in res.output
     assert "temperature" in res.output  # post-hoc rows beside the losses
     assert "±" not in res.output and "Holm" not in res.output  # one seed

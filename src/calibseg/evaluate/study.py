@@ -189,16 +189,12 @@ def _evaluated(bundle: str, run_name: str, num_bins: int) -> str:
     return eval_dir
 
 
-def run_one(task: dict[str, Any]) -> dict[str, Any]:
+def _run_one(task: dict[str, Any]) -> dict[str, Any]:
     """One (bundle, seed) of a study; resumable. Returns ``{"loss", "seed", "rows", "history",
     "temperature", "figures"}`` (rows: tidy dicts of per-case and micro values)."""
     from calibseg.bundles.runner import predict, train
 
     bundle, loss, seed = task["bundle"], task["loss"], int(task["seed"])
-    if task.get("threads"):
-        import torch
-
-        torch.set_num_threads(int(task["threads"]))
     run_name = f"seed_{seed}"
     run = storage.join(bundle, run_name)
     marker = storage.join(run, _DONE)
@@ -250,6 +246,21 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     }
     storage.write_json(marker, result)
     return result
+
+
+def run_one(task: dict[str, Any]) -> dict[str, Any]:
+    """One (bundle, seed) of a study (see :func:`_run_one`), with ``task["threads"]`` torch
+    threads for its duration (the caller's thread count is restored afterwards)."""
+    import torch
+
+    threads = task.get("threads")
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        return _run_one(task)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def run_study(
