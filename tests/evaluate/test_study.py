@@ -116,7 +116,6 @@ def study(tmp_path_factory):
 
 @pytest.mark.slow
 def test_study_outputs_and_statistics(study):
-    from calibseg.posthoc import nll  # noqa: F401 - the fit is checked via its record
 
     root, settings, res = study
     out = root / "out"

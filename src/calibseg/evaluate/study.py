@@ -21,7 +21,6 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -309,7 +308,7 @@ def run_study(
         for loss in s.losses
     ]
     runs = map_cases(
-        partial(run_one),
+        run_one,
         tasks,
         scheduler=scheduler,
         workers=workers,
