@@ -182,7 +182,9 @@ def test_reliability_handler_per_epoch(tmp_path):
         class_names=["bg", "a", "b"],
         draw_case_diagrams=True,
         when="epoch",
-        figure_options={"show_counts": False, "panel_size": (2, 2)},
+        figsize=(2, 2),
+        draw_case_histograms=False,
+        draw_dataset_histograms=False,
     )
     h.attach(eng)
     eng.run(data[:1], max_epochs=2)

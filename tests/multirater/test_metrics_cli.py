@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from calibseg.cli.app import app
-from calibseg.metrics.multirater_table import COLUMNS, compute_metrics_table, load_rater_items
+from calibseg.ensemble.io import load_rater_items
+from calibseg.evaluate.multirater_table import COLUMNS, compute_metrics_table
 
 runner = CliRunner()
 

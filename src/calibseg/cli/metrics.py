@@ -55,7 +55,7 @@ def compute(
     import pandas as pd
 
     from calibseg import storage
-    from calibseg.metrics.multirater_table import COLUMNS, compute_metrics_table, summarise
+    from calibseg.evaluate.multirater_table import COLUMNS, compute_metrics_table, summarise
 
     names = [c.strip() for c in class_names.split(",")] if class_names else None
     df = compute_metrics_table(

@@ -11,11 +11,8 @@ from ignite.engine import Engine
 
 from calibseg import storage
 from calibseg.handlers.calibration import CaseStatsCollector
-from calibseg.metrics.reliability import (
-    binning_tensor,
-    calculate_heatmap_from_bins,
-    figure_options_from_paper,
-)
+from calibseg.metrics.diagram import draw_figures, figure_options_from_paper
+from calibseg.metrics.reliability import binning_tensor, calculate_heatmap_from_bins
 
 __all__ = ["ReliabilityDiagramHandler"]
 
@@ -104,7 +101,7 @@ class ReliabilityDiagramHandler(CaseStatsCollector):
                 )
             if not include_background and num_classes == 1:
                 raise ValueError("include_background=False needs more than one class.")
-        self.case_options, self.dataset_options, self.fmt = figure_options_from_paper(
+        self.case_options, self.dataset_options = figure_options_from_paper(
             figsize,
             draw_case_histograms,
             draw_dataset_histograms,
@@ -151,8 +148,6 @@ class ReliabilityDiagramHandler(CaseStatsCollector):
                 raise ValueError(f"the data has {c} channels but num_classes={self.num_classes}.")
 
     def finalize(self, engine: Engine) -> None:
-        from calibseg import visualize
-
         stats = self.stats
         self.heatmap = calculate_heatmap_from_bins(stats.means()[1], self.num_bins)
         self.aggregated = binning_tensor(stats.total())[0]
@@ -169,20 +164,16 @@ class ReliabilityDiagramHandler(CaseStatsCollector):
             folder = self.output_dir
             if self.when == "epoch":
                 folder = storage.join(folder, f"epoch_{engine.state.epoch}")
-            names = self.names_of_classes
-            avg = {"average_over_classes": self.average_over_classes}
-            if self.draw_dataset_diagrams:
-                written += visualize.draw_dataset_reliability_diagrams(
-                    stats, folder, class_names=names, fmt=self.fmt, **(avg | self.dataset_options)
-                )
-            if self.draw_case_diagrams:
-                written += visualize.draw_case_reliability_diagrams(
-                    stats,
-                    folder,
-                    self.case_names,
-                    class_names=names,
-                    fmt=self.fmt,
-                    **(avg | self.case_options),
-                )
+            written = draw_figures(
+                stats,
+                folder,
+                self.names_of_classes,
+                self.case_names,
+                self.draw_dataset_diagrams,
+                self.draw_case_diagrams,
+                self.average_over_classes,
+                self.case_options,
+                self.dataset_options,
+            )
             logger.info("reliability figures: %d written to %s", len(written), folder)
         self.written = written
