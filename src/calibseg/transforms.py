@@ -28,6 +28,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
+from monai.networks.utils import one_hot
 from monai.transforms import MapTransform, Randomizable
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
@@ -64,7 +65,12 @@ BRATS_REGION_NAMES = ["background", "ET", "TC", "WT"]
 
 
 def _one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``[1, *spatial]`` class indices (or ``[C, *spatial]`` one-hot/soft) → ``[C, *spatial]`` float."""
+    """``[1, *spatial]`` class indices (or ``[C, *spatial]`` one-hot/soft) → ``[C, *spatial]`` float
+    (``monai.networks.utils.one_hot``).
+
+    Raises:
+        ValueError: other channel counts; indices outside ``[0, num_classes)`` or not whole.
+    """
     if label.ndim < 2:
         raise ValueError(
             f"expected a channel-first label [1 or C, *spatial], got shape {tuple(label.shape)}."
@@ -75,8 +81,16 @@ def _one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
         raise ValueError(
             f"label has {label.shape[0]} channels; expected 1 (class indices) or {num_classes} (one-hot)."
         )
-    classes = torch.arange(num_classes, device=label.device, dtype=label.dtype)
-    return (label == classes.view(-1, *([1] * (label.ndim - 1)))).float()
+    if label.numel():
+        lo, hi = torch.aminmax(label)
+        if float(lo) < 0 or float(hi) > num_classes - 1:
+            raise ValueError(
+                f"label values must be class indices in [0, {num_classes - 1}], "
+                f"got [{float(lo):.4g}, {float(hi):.4g}]."
+            )
+        if label.is_floating_point() and not bool((label == label.round()).all()):
+            raise ValueError("label values must be whole class indices, got fractions.")
+    return one_hot(label, num_classes, dtype=torch.float32, dim=0)
 
 
 def _apply_regions(x: torch.Tensor, regions: np.ndarray) -> torch.Tensor:
