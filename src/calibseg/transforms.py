@@ -235,8 +235,8 @@ class AverageAnnotationsd(MapTransform):
         self,
         keys: KeysCollection,
         output_key: str = "label",
-        num_classes: int | None = None,
         allow_missing_keys: bool = False,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_key = output_key
@@ -264,11 +264,10 @@ class RandomWeightedAverageAnnotationsd(Randomizable, MapTransform):
         self,
         keys: KeysCollection,
         output_key: str = "label",
+        prob: float = 1.0,
+        allow_missing_keys: bool = False,
         num_classes: int | None = None,
         alpha: float = 1.0,
-        allow_missing_keys: bool = False,
-        *,
-        prob: float = 1.0,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         if alpha <= 0:
@@ -380,11 +379,11 @@ def rater_label_transform(
             raise ValueError(f"rater must be in 1..{len(keys)} (1-based), got {k}.")
         return SelectRaterd(keys[k - 1], output_key)
     if rater == "mean":
-        return AverageAnnotationsd(keys, output_key, num_classes)
+        return AverageAnnotationsd(keys, output_key, num_classes=num_classes)
     if rater == "random":
         return RandomRaterd(keys, output_key)
     if rater == "weighted":
-        return RandomWeightedAverageAnnotationsd(keys, output_key, num_classes)
+        return RandomWeightedAverageAnnotationsd(keys, output_key, num_classes=num_classes)
     raise ValueError(
         f"rater must be None, an int 1..{len(keys)}, 'mean', 'random' or 'weighted'; got {rater!r}."
     )
