@@ -32,6 +32,8 @@ from monai.networks.utils import one_hot
 from monai.transforms import MapTransform, Randomizable
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
+from calibseg.losses._inputs import check_class_indices
+
 __all__ = [
     "KITS23_REGIONS",
     "BRATS_REGIONS",
@@ -81,15 +83,7 @@ def _one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
         raise ValueError(
             f"label has {label.shape[0]} channels; expected 1 (class indices) or {num_classes} (one-hot)."
         )
-    if label.numel():
-        lo, hi = torch.aminmax(label)
-        if float(lo) < 0 or float(hi) > num_classes - 1:
-            raise ValueError(
-                f"label values must be class indices in [0, {num_classes - 1}], "
-                f"got [{float(lo):.4g}, {float(hi):.4g}]."
-            )
-        if label.is_floating_point() and not bool((label == label.round()).all()):
-            raise ValueError("label values must be whole class indices, got fractions.")
+    check_class_indices(label, num_classes, "label")
     return one_hot(label, num_classes, dtype=torch.float32, dim=0)
 
 

@@ -25,7 +25,6 @@ from calibseg.handlers import (
     CalibrationErrorHandler,
     ReliabilityDiagramHandler,
 )
-from calibseg.visualize import draw_case_reliability_diagrams, draw_dataset_reliability_diagrams
 from calibseg.metrics import (
     CalibrationErrorMetric,
     CalibrationReduction,
@@ -33,6 +32,7 @@ from calibseg.metrics import (
     calculate_heatmap_from_bins,
     calibration_binning,
 )
+from calibseg.visualize import draw_case_reliability_diagrams, draw_dataset_reliability_diagrams
 
 _FIGURES = [
     ("figsize", (6, 6)),
@@ -153,19 +153,17 @@ def test_positional_order_and_defaults_are_the_papers(obj):
         assert got == default, name
 
 
-def _data(b=3, c=3, shape=(8, 8), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    p = torch.softmax(torch.randn(b, c, *shape, generator=g) * 2, 1)
-    lab = torch.distributions.Categorical(probs=p.movedim(1, -1)).sample()
-    y = torch.nn.functional.one_hot(lab, c).movedim(-1, 1).float()
+def _data(calibrated, b=3):
+    """Three classes on 8 × 8; case 0 lacks class 2 (its voxels join the background)."""
+    p, y = calibrated(b=b)
     y[0, 2] = 0  # case 0 lacks class 2
     y[0, 0] = 1 - y[0, 1]
     return p, y
 
 
 @pytest.mark.parametrize("right", [False, True])
-def test_calibration_binning_and_error_metric_match_monai(right):
-    p, y = _data()
+def test_calibration_binning_and_error_metric_match_monai(calibrated, right):
+    p, y = _data(calibrated)
     ours = calibration_binning(p, y, 7, right)
     ref = monai.metrics.calibration_binning(p, y, 7, right)
     for a, b in zip(ours, ref, strict=True):
@@ -180,8 +178,8 @@ def test_calibration_binning_and_error_metric_match_monai(right):
         torch.testing.assert_close(n.float(), nr.float())
 
 
-def test_calibration_error_handler_matches_monai():
-    p, y = _data()
+def test_calibration_error_handler_matches_monai(calibrated):
+    p, y = _data(calibrated)
     values = {}
     for name, cls in (("ours", CalibrationError), ("monai", monai.handlers.CalibrationError)):
         eng = Engine(lambda e, batch: batch)
@@ -232,8 +230,8 @@ def test_heatmap_by_keyword_and_on_edges():
     assert torch.equal(h, want)
 
 
-def test_reliability_metric_with_the_papers_bundle_arguments(tmp_path):
-    p, y = _data()
+def test_reliability_metric_with_the_papers_bundle_arguments(calibrated, tmp_path):
+    p, y = _data(calibrated)
     counter = itertools.count()
     m = ReliabilityDiagramMetric(
         num_classes=3,
@@ -274,9 +272,9 @@ def test_reliability_metric_with_the_papers_bundle_arguments(tmp_path):
     assert [f.name for f in out.iterdir()] == ["dataset_reliability_diagram.png"]
 
 
-def test_reliability_handler_as_evaluator_metric(tmp_path):
+def test_reliability_handler_as_evaluator_metric(calibrated, tmp_path):
     """The paper's inference config: the handler under a SupervisedEvaluator's metrics."""
-    p, y = _data(b=4)
+    p, y = _data(calibrated, b=4)
     items = [{"image": p[i], "label": y[i], "case": f"case{i}"} for i in range(4)]
     handler = ReliabilityDiagramHandler(
         num_classes=3,
@@ -319,10 +317,10 @@ def test_reliability_handler_as_evaluator_metric(tmp_path):
     assert handler.case_names == [f"case{i}" for i in range(4)]
 
 
-def test_binning_data_handler_without_background_matches_monai():
+def test_binning_data_handler_without_background_matches_monai(calibrated):
     """The paper's ``BinningDataHandler(num_bins, include_background, right)``: per-iteration
     bins of the kept channels; pooled bins of the epoch from MONAI's per-case bins by hand."""
-    p, y = _data(b=4)
+    p, y = _data(calibrated, b=4)
     eng = Engine(lambda e, batch: dict(batch))
     BinningDataHandler(5, False, True).attach(eng)
     seen = []
@@ -344,14 +342,14 @@ def test_binning_data_handler_without_background_matches_monai():
     torch.testing.assert_close(agg[:, 1], pooled_gt, equal_nan=True)
 
 
-def test_calibration_error_positional_arguments_are_the_papers():
-    p, y = _data()
+def test_calibration_error_positional_arguments_are_the_papers(calibrated):
+    p, y = _data(calibrated)
     eng = Engine(lambda e, batch: batch)
     # (num_bins, include_background, calibration_reduction, metric_reduction, output_transform,
     # save_details) as in the paper's code
-    CalibrationError(5, False, "maximum", "mean_batch", from_engine(["pred", "label"]), True).attach(
-        eng, "mce"
-    )
+    CalibrationError(
+        5, False, "maximum", "mean_batch", from_engine(["pred", "label"]), True
+    ).attach(eng, "mce")
     eng.run([{"pred": p, "label": y}])
     ref = monai.metrics.CalibrationErrorMetric(5, False, "maximum", "mean_batch")
     ref(y_pred=p, y=y)
@@ -366,10 +364,10 @@ def _read_report(path, delimiter):
     return rows[0], {r[0]: [float(v) for v in r[1:]] for r in rows[1:]}
 
 
-def test_calibration_error_handler_with_the_papers_arguments(tmp_path):
+def test_calibration_error_handler_with_the_papers_arguments(calibrated, tmp_path):
     """The paper's ``CalibrationErrorHandler`` under a SupervisedEvaluator: per-case (macro)
     and pooled (micro) errors in MONAI's report files; values from MONAI's metric and bins."""
-    p, y = _data(b=4)
+    p, y = _data(calibrated, b=4)
     items = [{"image": p[i], "label": y[i], "case": f"case{i}"} for i in range(4)]
     handler = CalibrationErrorHandler(
         5,
@@ -417,11 +415,11 @@ def test_calibration_error_handler_with_the_papers_arguments(tmp_path):
     assert (tmp_path / "calibration_per_case.csv").exists()
 
 
-def test_drawing_functions_with_the_papers_arrays(tmp_path):
+def test_drawing_functions_with_the_papers_arrays(calibrated, tmp_path):
     """``draw_case_reliability_diagrams(binning_data [B, C, 3, K], output_dir, figsize,
     case_names, …)`` and ``draw_dataset_reliability_diagrams(heatmap [C, K, K], output_dir,
     figsize, class_names, draw_histograms, binning_data [C, 3, K], …)``, positionally."""
-    p, y = _data()
+    p, y = _data(calibrated)
     binning = torch.stack(monai.metrics.calibration_binning(p, y, 5), dim=2).numpy()
     paths = draw_case_reliability_diagrams(
         binning,

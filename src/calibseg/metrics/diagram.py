@@ -267,16 +267,22 @@ class ReliabilityDiagramMetric(CumulativeIterationMetric):
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
         """Dataset reliability histogram ``[C, K, K]``; also sets ``self.heatmap`` and
         ``self.aggregated`` ``[C, 3, K]`` and draws the requested figures."""
-        stats = self.case_stats()
+        return self.report(self.case_stats(), self.case_names)
+
+    def report(
+        self, stats: BinStats, case_names: Sequence[str], output_dir: str | None = None
+    ) -> torch.Tensor:
+        """Heat map, pooled bins and figures of per-case ``stats`` ``[N, C, K]`` (the kept
+        channels) into ``output_dir`` (default ``self.output_dir``); returns the heat map."""
         self.heatmap = calculate_heatmap_from_bins(stats.means()[1], self.num_bins)
         self.aggregated = binning_tensor(stats.total())[0]
         self.written = []
         if self.draw_dataset_diagrams or self.draw_case_diagrams:
             self.written = draw_figures(
                 stats,
-                str(self.output_dir),
+                str(output_dir or self.output_dir),
                 self.names_of_classes,
-                self.case_names,
+                list(case_names),
                 self.draw_dataset_diagrams,
                 self.draw_case_diagrams,
                 self.average_over_classes,

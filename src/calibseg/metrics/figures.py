@@ -41,7 +41,9 @@ def _as_stats(data: Any, what: str) -> BinStats:
     if isinstance(data, (np.ndarray, torch.Tensor)) and data.ndim == 4 and data.shape[2] == 3:
         return stats_from_binning_tensor(torch.as_tensor(np.asarray(data)))
     shape = tuple(data.shape) if hasattr(data, "shape") else type(data).__name__
-    raise TypeError(f"{what} must be a BinStats [N, C, K] or binning data [N, C, 3, K], got {shape}.")
+    raise TypeError(
+        f"{what} must be a BinStats [N, C, K] or binning data [N, C, 3, K], got {shape}."
+    )
 
 
 def _check(
@@ -81,9 +83,7 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^\w.\-]+", "_", str(name)).strip("_") or "case"
 
 
-def _panel_size(
-    figsize: Sequence[float] | None, n_panels: int, rows: float
-) -> tuple[float, float]:
+def _panel_size(figsize: Sequence[float] | None, n_panels: int, rows: float) -> tuple[float, float]:
     """Figure size from the size of one panel (the paper's ``figsize``; default 3.4 in)."""
     pw, ph = (3.4, 3.4) if figsize is None else (float(figsize[0]), float(figsize[1]))
     return pw * n_panels + 0.4, ph * rows + 1.2
@@ -134,6 +134,23 @@ def _count_axes(ax: Any, counts: np.ndarray, k: int, ylabel: str) -> None:
     ax.set_xlabel("confidence")
     ax.set_ylabel(ylabel)
     ax.grid(True, axis="y", lw=0.4, alpha=0.4)
+
+
+def _finish_panel(
+    fig: Any, gs: Any, ax: Any, j: int, counts: np.ndarray | None, k: int, legend_cols: int
+) -> None:
+    """Labels of panel ``j`` (the first carries the y label and the legend) and, with
+    ``counts``, the voxel-count axes beneath it."""
+    if j == 0:
+        ax.set_ylabel("accuracy (mean target)")
+        fig.legend(loc="outside lower center", ncols=legend_cols, frameon=False)
+    else:
+        ax.tick_params(labelleft=False)
+    if counts is None:
+        ax.set_xlabel("confidence")
+        return
+    ax.tick_params(labelbottom=False)
+    _count_axes(fig.add_subplot(gs[1, j], sharex=ax), counts, k, "voxels" if j == 0 else "")
 
 
 def _panels(
@@ -270,18 +287,7 @@ def draw_case_reliability_diagrams(
                 )
                 absent = j < len(names) and bool(stats.sum_gt[i, j].sum() <= 0)
                 ax.set_title(f"{pname}\n(absent from ground truth)" if absent else pname)
-                if j == 0:
-                    ax.set_ylabel("accuracy (mean target)")
-                    fig.legend(loc="outside lower center", ncols=3, frameon=False)
-                else:
-                    ax.tick_params(labelleft=False)
-                if show_counts:
-                    ax.tick_params(labelbottom=False)
-                    _count_axes(fig.add_subplot(gs[1, j], sharex=ax), cnt[j], k, "voxels")
-                    if j:
-                        fig.axes[-1].set_ylabel("")
-                else:
-                    ax.set_xlabel("confidence")
+                _finish_panel(fig, gs, ax, j, cnt[j] if show_counts else None, k, legend_cols=3)
             fig.suptitle(title.format(case=case), fontsize="large", fontweight="bold")
             path = storage.join(str(output_dir), f"{_safe_name(case)}_reliability_diagram.{fmt}")
             written.append(_save(fig, path, fmt, save))
@@ -379,7 +385,9 @@ def draw_dataset_reliability_diagrams(
             micro = {key: v[0].cpu() for key, v in pooled.errors().items()}
     else:
         shape = tuple(heatmap.shape) if hasattr(heatmap, "shape") else type(heatmap).__name__
-        raise TypeError(f"heatmap must be a BinStats [N, C, K] or a heat map [C, K, K], got {shape}.")
+        raise TypeError(
+            f"heatmap must be a BinStats [N, C, K] or a heat map [C, K, K], got {shape}."
+        )
     if avg:
         heat = torch.cat([heat, heat.mean(0, keepdim=True)])
         if micro is not None:
@@ -441,17 +449,7 @@ def draw_dataset_reliability_diagrams(
                 if e is not None
             ]
             ax.set_title(f"{pname}\n{' · '.join(ece)}" if ece else pname)
-            if j == 0:
-                ax.set_ylabel("accuracy (mean target)")
-                fig.legend(loc="outside lower center", ncols=2, frameon=False)
-            else:
-                ax.tick_params(labelleft=False)
-            if show_counts:
-                ax.tick_params(labelbottom=False)
-                cax = fig.add_subplot(gs[1, j], sharex=ax)
-                _count_axes(cax, cnt[j], k, "voxels" if j == 0 else "")
-            else:
-                ax.set_xlabel("confidence")
+            _finish_panel(fig, gs, ax, j, cnt[j] if show_counts else None, k, legend_cols=2)
         from matplotlib.ticker import MaxNLocator
 
         cbar = fig.colorbar(im, ax=fig.axes[:: 2 if show_counts else 1], shrink=0.8, label="cases")
