@@ -133,8 +133,6 @@ def test_a_higher_import_is_reported(tmp_path):
     try:
         (SRC / "metrics").mkdir(parents=True)
         (SRC / "metrics" / "m.py").write_text("def f():\n    from calibseg import visualize\n")
-        assert _violations() == [
-            "calibseg.metrics.m:2 imports calibseg.visualize (layer 3 > 2)"
-        ]
+        assert _violations() == ["calibseg.metrics.m:2 imports calibseg.visualize (layer 3 > 2)"]
     finally:
         SRC = old

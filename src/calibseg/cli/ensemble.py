@@ -21,6 +21,7 @@ class Strategy(str, Enum):
     global_ = "global"
     per_rater = "per-rater"
 
+
 app = typer.Typer(no_args_is_help=True)
 
 
