@@ -89,6 +89,18 @@ def _panel_size(figsize: Sequence[float] | None, n_panels: int, rows: float) -> 
     return pw * n_panels + 0.4, ph * rows + 1.2
 
 
+def _figure(figsize: Sequence[float] | None, n_panels: int, show_counts: bool) -> tuple[Any, Any]:
+    """A figure of ``n_panels`` panels side by side (with a count row beneath them when
+    ``show_counts``) and its grid spec."""
+    from matplotlib.figure import Figure
+
+    rows = 1.45 if show_counts else 1.0
+    fig = Figure(figsize=_panel_size(figsize, n_panels, rows), layout="constrained")
+    if show_counts:
+        return fig, fig.add_gridspec(2, n_panels, height_ratios=[3, 1.2])
+    return fig, fig.add_gridspec(1, n_panels)
+
+
 def _save(fig: Any, path: str, fmt: str, savefig_kwargs: dict[str, Any] | None) -> str:
     kw = {"dpi": 120, "facecolor": "white"}
     kw.update(savefig_kwargs or {})
@@ -218,7 +230,6 @@ def draw_case_reliability_diagrams(
         case_names = [f"case{i + 1}" for i in range(stats.shape[0])]
     names = _check(stats, output_dir, class_names, fmt, case_names)
     _check_opts(opts, _CASE_OPTS)
-    from matplotlib.figure import Figure
 
     shown = [k for k, on in zip(ERROR_NAMES, (print_ece, print_ace, print_mce), strict=True) if on]
     mean_p, mean_gt, counts = (t.detach().cpu() for t in stats.means())
@@ -236,13 +247,7 @@ def draw_case_reliability_diagrams(
             e = {key: v[i] for key, v in err.items()}
             if avg:
                 e = {key: torch.cat([v, v.nanmean(0, keepdim=True)]) for key, v in e.items()}
-            n_panels = len(panel_names)
-            rows = 1.45 if show_counts else 1.0
-            fig = Figure(figsize=_panel_size(figsize, n_panels, rows), layout="constrained")
-            if show_counts:
-                gs = fig.add_gridspec(2, n_panels, height_ratios=[3, 1.2])
-            else:
-                gs = fig.add_gridspec(1, n_panels)
+            fig, gs = _figure(figsize, len(panel_names), show_counts)
             for j, pname in enumerate(panel_names):
                 ax = fig.add_subplot(gs[0, j])
                 centres = _reliability_axes(ax, k)
@@ -345,7 +350,6 @@ def draw_dataset_reliability_diagrams(
     fmt, save = _format(fmt, savefig_kwargs)
     _check_opts(opts, _DATASET_OPTS)
     import matplotlib
-    from matplotlib.figure import Figure
 
     avg = bool(opts.get("average_over_classes", False))
     macro: dict[str, torch.Tensor] | None
@@ -405,12 +409,7 @@ def draw_dataset_reliability_diagrams(
     n_panels = len(panel_names)
     storage.makedirs(output_dir)
     with _rc(rc_params):
-        rows = 1.45 if show_counts else 1.0
-        fig = Figure(figsize=_panel_size(figsize, n_panels, rows), layout="constrained")
-        if show_counts:
-            gs = fig.add_gridspec(2, n_panels, height_ratios=[3, 1.2])
-        else:
-            gs = fig.add_gridspec(1, n_panels)
+        fig, gs = _figure(figsize, n_panels, show_counts)
         vmax = max(float(heat_np.max()), 1.0)
         for j, pname in enumerate(panel_names):
             ax = fig.add_subplot(gs[0, j])
