@@ -261,7 +261,8 @@ class CalibrationErrorHandler(CaseStatsCollector):
     beside them (MONAI's :func:`~monai.handlers.utils.write_metrics_reports`: ``metrics.csv``
     with ``macro_<m>``, ``micro_<m>`` and ``missing_classes``; ``<name>_raw.csv`` per case;
     ``<name>_summary.csv`` with ``summary_ops``). The first seven parameters are the paper's,
-    in its order; its micro values pool voxel counts exactly (docs/dropin.md).
+    in its order. Micro values pool the voxels of a bin exactly, where the paper's code averages
+    the cases' mean probabilities (docs/dropin.md).
 
     Args:
         num_bins, include_background: binning options.
