@@ -140,7 +140,8 @@ def breakdown(shape=(128, 128, 96), classes: int = 4, tmp: str | None = None) ->
     from monai.metrics import compute_hausdorff_distance as monai_hd
 
     from calibseg.binning import compute_bin_stats
-    from calibseg.evaluate.pipeline import _load_nifti, evaluate_case
+    from calibseg.ensemble.io import load_nifti
+    from calibseg.evaluate.pipeline import evaluate_case
     from calibseg.metrics.surface_distance import compute_hausdorff_distance
 
     root = tempfile.mkdtemp(prefix="bench-case-", dir=tmp)
@@ -154,7 +155,7 @@ def breakdown(shape=(128, 128, 96), classes: int = 4, tmp: str | None = None) ->
         task = {"case": "c", "label": lp, "prob": pp}
         evaluate_case(task, classes)  # warm-up: imports, kernel load
         total, _ = _cpu(lambda: evaluate_case(task, classes))
-        t_load, _ = _cpu(lambda: (_load_nifti(lp), _load_nifti(pp)))
+        t_load, _ = _cpu(lambda: (load_nifti(lp), load_nifti(pp)))
         lab = torch.from_numpy(label.astype(np.int64))
         classes_t = torch.arange(classes).view(-1, 1, 1, 1)
         y = (lab[None] == classes_t).float()[None]

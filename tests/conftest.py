@@ -16,6 +16,21 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def calibrated():
+    """Factory ``calibrated(b, c, shape, seed, scale) → (probs, onehot)``: softmax of Gaussian
+    logits ``[B, C, *shape]`` and one-hot labels drawn from those probabilities (a calibrated
+    model's output), float32."""
+
+    def make(b: int = 3, c: int = 3, shape=(8, 8), seed: int = 0, scale: float = 2.0):
+        g = torch.Generator().manual_seed(seed)
+        p = torch.softmax(torch.randn(b, c, *shape, generator=g) * scale, 1)
+        lab = torch.distributions.Categorical(probs=p.movedim(1, -1)).sample()
+        return p, torch.nn.functional.one_hot(lab, c).movedim(-1, 1).float()
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """moto's threaded S3-compatible HTTP server on a free port of 127.0.0.1; yields its URL."""

@@ -28,8 +28,11 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
+from monai.networks.utils import one_hot
 from monai.transforms import MapTransform, Randomizable
 from monai.utils import convert_to_dst_type, convert_to_tensor
+
+from calibseg.losses._inputs import check_class_indices
 
 __all__ = [
     "KITS23_REGIONS",
@@ -64,7 +67,12 @@ BRATS_REGION_NAMES = ["background", "ET", "TC", "WT"]
 
 
 def _one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``[1, *spatial]`` class indices (or ``[C, *spatial]`` one-hot/soft) → ``[C, *spatial]`` float."""
+    """``[1, *spatial]`` class indices (or ``[C, *spatial]`` one-hot/soft) → ``[C, *spatial]`` float
+    (``monai.networks.utils.one_hot``).
+
+    Raises:
+        ValueError: other channel counts; indices outside ``[0, num_classes)`` or not whole.
+    """
     if label.ndim < 2:
         raise ValueError(
             f"expected a channel-first label [1 or C, *spatial], got shape {tuple(label.shape)}."
@@ -75,8 +83,8 @@ def _one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
         raise ValueError(
             f"label has {label.shape[0]} channels; expected 1 (class indices) or {num_classes} (one-hot)."
         )
-    classes = torch.arange(num_classes, device=label.device, dtype=label.dtype)
-    return (label == classes.view(-1, *([1] * (label.ndim - 1)))).float()
+    check_class_indices(label, num_classes, "label")
+    return one_hot(label, num_classes, dtype=torch.float32, dim=0)
 
 
 def _apply_regions(x: torch.Tensor, regions: np.ndarray) -> torch.Tensor:
@@ -221,8 +229,8 @@ class AverageAnnotationsd(MapTransform):
         self,
         keys: KeysCollection,
         output_key: str = "label",
-        num_classes: int | None = None,
         allow_missing_keys: bool = False,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_key = output_key
@@ -250,11 +258,10 @@ class RandomWeightedAverageAnnotationsd(Randomizable, MapTransform):
         self,
         keys: KeysCollection,
         output_key: str = "label",
+        prob: float = 1.0,
+        allow_missing_keys: bool = False,
         num_classes: int | None = None,
         alpha: float = 1.0,
-        allow_missing_keys: bool = False,
-        *,
-        prob: float = 1.0,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         if alpha <= 0:
@@ -366,11 +373,11 @@ def rater_label_transform(
             raise ValueError(f"rater must be in 1..{len(keys)} (1-based), got {k}.")
         return SelectRaterd(keys[k - 1], output_key)
     if rater == "mean":
-        return AverageAnnotationsd(keys, output_key, num_classes)
+        return AverageAnnotationsd(keys, output_key, num_classes=num_classes)
     if rater == "random":
         return RandomRaterd(keys, output_key)
     if rater == "weighted":
-        return RandomWeightedAverageAnnotationsd(keys, output_key, num_classes)
+        return RandomWeightedAverageAnnotationsd(keys, output_key, num_classes=num_classes)
     raise ValueError(
         f"rater must be None, an int 1..{len(keys)}, 'mean', 'random' or 'weighted'; got {rater!r}."
     )

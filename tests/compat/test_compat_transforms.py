@@ -5,6 +5,8 @@ Expected region channels are written out by hand from the challenges' label defi
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -16,6 +18,39 @@ from calibseg.transforms import (
     ConvertToKits23ClassesSoftmaxd,
     RandomWeightedAverageAnnotationsd,
 )
+
+# the paper's parameter lists (MapTransform's keys, allow_missing_keys), in its order
+PAPER = {
+    ConvertToKits23Classesd: ["keys", "allow_missing_keys"],
+    ConvertToKits23ClassesSoftmaxd: ["keys", "allow_missing_keys"],
+    ConvertToBratsClassesd: ["keys", "allow_missing_keys"],
+    ConvertToBratsClassesSoftmaxd: ["keys", "allow_missing_keys"],
+    AverageAnnotationsd: ["keys", "output_key", "allow_missing_keys"],
+    RandomWeightedAverageAnnotationsd: ["keys", "output_key", "prob", "allow_missing_keys"],
+}
+
+
+@pytest.mark.parametrize("cls", list(PAPER), ids=lambda c: c.__name__)
+def test_positional_order_is_the_papers(cls):
+    params = list(inspect.signature(cls).parameters.values())
+    want = PAPER[cls]
+    assert [p.name for p in params[: len(want)]] == want
+    assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params[: len(want)])
+    if "allow_missing_keys" in want:
+        assert inspect.signature(cls).parameters["allow_missing_keys"].default is False
+
+
+def test_rater_averages_positionally_as_in_the_papers_code():
+    # (keys, output_key, allow_missing_keys): a missing rater key is skipped when allowed
+    raters = {"r1": torch.tensor([[[0.0, 1.0]]]), "r2": torch.tensor([[[1.0, 1.0]]])}
+    out = AverageAnnotationsd(["r1", "r2", "r3"], "soft", True)(raters)["soft"]
+    torch.testing.assert_close(out, torch.tensor([[[0.5, 1.0]]]))
+    with pytest.raises(KeyError):
+        AverageAnnotationsd(["r1", "r2", "r3"], "soft", False)(raters)
+    # (keys, output_key, prob, allow_missing_keys)
+    w = RandomWeightedAverageAnnotationsd(["r1", "r2"], "soft", 1.0, False)(raters)["soft"]
+    assert float(w[0, 0, 1]) == pytest.approx(1.0) and 0.0 <= float(w[0, 0, 0]) <= 1.0
+
 
 # four voxels [1, 1, 1, 4] holding the labels 0, 1, 2, 3
 LABEL = torch.tensor([0.0, 1.0, 2.0, 3.0]).view(1, 1, 1, 4)

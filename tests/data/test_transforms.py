@@ -84,6 +84,11 @@ def test_regions_keep_metatensor_meta():
 def test_bad_label_channels():
     with pytest.raises(ValueError, match="expected 1 .class indices. or 4"):
         ConvertToKits23Classesd("label")({"label": np.zeros((2, 3, 3))})
+    # an index beyond the classes or a fraction is one clear error (no empty channels)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\] expected .* got \[0, 5\]"):
+        ConvertToKits23Classesd("label")({"label": np.array([[[0.0, 5.0]]])})
+    with pytest.raises(ValueError, match="fractions"):
+        ConvertToKits23Classesd("label")({"label": np.array([[[0.0, 1.5]]])})
 
 
 RATERS = {

@@ -18,15 +18,11 @@ from calibseg.handlers import (
 K = 6
 
 
-def _batches(n_iter=3, b=2, c=3, shape=(6, 6), seed=0, empty=((1, 0, 2),)):
+def _batches(calibrated, n_iter=3, b=2, c=3, shape=(6, 6), empty=((1, 0, 2),)):
     """Iterations of {"pred", "label", "case"}; `empty` = (iteration, case, class) without GT."""
-    g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n_iter):
-        logits = torch.randn(b, c, *shape, generator=g) * 2
-        p = torch.softmax(logits, 1)
-        lab = torch.distributions.Categorical(probs=p.movedim(1, -1)).sample()
-        y = torch.nn.functional.one_hot(lab, c).movedim(-1, 1).float()
+        p, y = calibrated(b=b, c=c, shape=shape, seed=i)
         out.append({"pred": p, "label": y, "case": [f"c{i}_{j}" for j in range(b)]})
     for it, case, cls in empty:
         y = out[it]["label"]
@@ -47,8 +43,8 @@ def _pair(o):
     return o["pred"], o["label"]
 
 
-def test_binning_data_handler_outputs():
-    data = _batches()
+def test_binning_data_handler_outputs(calibrated):
+    data = _batches(calibrated)
     eng = _engine()
     seen = []
     BinningDataHandler(num_bins=K).attach(eng)
@@ -72,8 +68,8 @@ def test_binning_data_handler_outputs():
     )
 
 
-def test_binning_data_handler_list_output_and_bad_output():
-    data = _batches(n_iter=2)
+def test_binning_data_handler_list_output_and_bad_output(calibrated):
+    data = _batches(calibrated, n_iter=2)
     eng = Engine(
         lambda e, b: [{"pred": p, "label": y} for p, y in zip(b["pred"], b["label"], strict=True)]
     )
@@ -89,8 +85,8 @@ def test_binning_data_handler_list_output_and_bad_output():
 
 
 @pytest.mark.parametrize("reduction", ["expected", "maximum"])
-def test_calibration_error_matches_monai_handler(reduction):
-    data = _batches()
+def test_calibration_error_matches_monai_handler(calibrated, reduction):
+    data = _batches(calibrated)
     eng = _engine()
     kw = dict(num_bins=K, include_background=False, calibration_reduction=reduction)
     CalibrationError(**kw, metric_reduction="mean_batch", output_transform=_pair).attach(
@@ -106,10 +102,10 @@ def test_calibration_error_matches_monai_handler(reduction):
     assert eng.state.metric_details["ours"].shape == (6, 2)
 
 
-def test_calibration_error_iteration_average_and_reuse_of_binning_data(monkeypatch):
+def test_calibration_error_iteration_average_and_reuse_of_binning_data(calibrated, monkeypatch):
     from calibseg.handlers import calibration as hc
 
-    data = _batches()
+    data = _batches(calibrated)
     eng = _engine()
     BinningDataHandler(num_bins=K).attach(eng)
     CalibrationError(num_bins=K, average="iteration", output_transform=_pair).attach(eng, "ECE")
@@ -130,8 +126,8 @@ def test_calibration_error_iteration_average_and_reuse_of_binning_data(monkeypat
         CalibrationError(average="iteration", metric_reduction="mean_channel")
 
 
-def test_calibration_error_handler_macro_micro_missing_and_csv(tmp_path):
-    data = _batches()
+def test_calibration_error_handler_macro_micro_missing_and_csv(calibrated, tmp_path):
+    data = _batches(calibrated)
     eng = _engine()
     h = CalibrationErrorHandler(
         num_bins=K, class_names=["bg", "a", "b"], output_dir=str(tmp_path), prefix="cal"
@@ -157,8 +153,8 @@ def test_calibration_error_handler_macro_micro_missing_and_csv(tmp_path):
     assert float(summary["a"]["mce_micro"]) == pytest.approx(r["micro"]["mce"][1].item(), rel=1e-5)
 
 
-def test_calibration_error_handler_skips_missing_classes():
-    data = _batches()
+def test_calibration_error_handler_skips_missing_classes(calibrated):
+    data = _batches(calibrated)
     eng = _engine()
     h = CalibrationErrorHandler(num_bins=K, include_background=False, skip_missing_classes=True)
     h.attach(eng)
@@ -171,8 +167,8 @@ def test_calibration_error_handler_skips_missing_classes():
     assert h.names_of_classes == ["class_1", "class_2"]
 
 
-def test_reliability_handler_per_epoch(tmp_path):
-    data = _batches(n_iter=2)
+def test_reliability_handler_per_epoch(calibrated, tmp_path):
+    data = _batches(calibrated, n_iter=2)
     eng = _engine()
     BinningDataHandler(num_bins=K).attach(eng)
     h = ReliabilityDiagramHandler(
@@ -182,7 +178,9 @@ def test_reliability_handler_per_epoch(tmp_path):
         class_names=["bg", "a", "b"],
         draw_case_diagrams=True,
         when="epoch",
-        figure_options={"show_counts": False, "panel_size": (2, 2)},
+        figsize=(2, 2),
+        draw_case_histograms=False,
+        draw_dataset_histograms=False,
     )
     h.attach(eng)
     eng.run(data[:1], max_epochs=2)
@@ -199,7 +197,7 @@ def test_reliability_handler_per_epoch(tmp_path):
     torch.testing.assert_close(h.aggregated[:, 2], stats.total().weight[0].double())
 
 
-def test_reliability_handler_bad_arguments():
+def test_reliability_handler_bad_arguments(calibrated):
     with pytest.raises(ValueError, match="output_dir"):
         ReliabilityDiagramHandler(output_dir="")
     with pytest.raises(ValueError, match="output_dir"):
@@ -212,11 +210,11 @@ def test_reliability_handler_bad_arguments():
     ReliabilityDiagramHandler(3, output_dir="unused", num_bins=K).attach(eng)
     ReliabilityDiagramHandler(2, output_dir="unused", num_bins=K).attach(eng)
     with pytest.raises(ValueError, match="3 channels but num_classes=2"):
-        eng.run(_batches(n_iter=1, empty=()), max_epochs=1)
+        eng.run(_batches(calibrated, n_iter=1, empty=()), max_epochs=1)
     eng = _engine()
     ReliabilityDiagramHandler(output_dir="unused", num_bins=K, class_names=["a", "b"]).attach(eng)
     with pytest.raises(ValueError, match="2 class_names given for 3 channels"):
-        eng.run(_batches(n_iter=1, empty=()), max_epochs=1)
+        eng.run(_batches(calibrated, n_iter=1, empty=()), max_epochs=1)
 
 
 def _edge_batch():

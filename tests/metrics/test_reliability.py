@@ -137,7 +137,9 @@ def test_metric_draws_figures(tmp_path):
         draw_dataset_diagrams=True,
         draw_case_diagrams=True,
         class_names=["bg", "fg"],
-        figure_options={"show_counts": False, "panel_size": (2, 2)},
+        figsize=(2, 2),
+        draw_case_histograms=False,
+        draw_dataset_histograms=False,
     )
     p = torch.rand(2, 2, 6, 6)
     m(p, (p > 0.5).float(), case_names=["c1", "c2"])

@@ -7,9 +7,21 @@ import pytest
 from typer.testing import CliRunner
 
 from calibseg.cli.app import app
-from calibseg.metrics.multirater_table import COLUMNS, compute_metrics_table, load_rater_items
+from calibseg.ensemble.io import load_rater_items
+from calibseg.evaluate.multirater_table import COLUMNS, compute_metrics_table
 
 runner = CliRunner()
+
+
+def _curvas_layout(items: list[dict], root):
+    """The rater items linked into the CURVAS layout: <case>/image.nii.gz, annotation_<k>.nii.gz."""
+    for it in items:
+        d = root / it["case"]
+        d.mkdir(parents=True)
+        os.symlink(it["image"], d / "image.nii.gz")
+        for k, p in enumerate(it["raters"], 1):
+            os.symlink(p, d / f"annotation_{k}.nii.gz")
+    return root
 
 
 def test_compute_and_compare_cli(synth_multirater, tmp_path):
@@ -95,13 +107,7 @@ def test_curvas_layout_and_errors(synth_multirater, tmp_path):
     items, names = load_rater_items(ds)
     assert names == ["background", "organ", "vessel", "lesion"] and len(items) == 3
     # the same data in the CURVAS layout: <case>/image.nii.gz + annotation_k.nii.gz
-    root = tmp_path / "curvas"
-    for it in items:
-        d = root / it["case"]
-        d.mkdir(parents=True)
-        os.symlink(it["image"], d / "image.nii.gz")
-        for k, p in enumerate(it["raters"], 1):
-            os.symlink(p, d / f"annotation_{k}.nii.gz")
+    root = _curvas_layout(items, tmp_path / "curvas")
     a = compute_metrics_table(good, str(root), model="m")
     b = compute_metrics_table(good, ds, model="m")
     assert a["value"].to_numpy() == pytest.approx(b["value"].to_numpy(), nan_ok=True)
@@ -128,13 +134,7 @@ def test_curvas_layout_and_errors(synth_multirater, tmp_path):
 def test_curvas_missing_rater_is_refused_not_renumbered(synth_multirater, tmp_path):
     ds, good, _ = synth_multirater
     items, _ = load_rater_items(ds)
-    root = tmp_path / "curvas"
-    for it in items:
-        d = root / it["case"]
-        d.mkdir(parents=True)
-        os.symlink(it["image"], d / "image.nii.gz")
-        for k, p in enumerate(it["raters"], 1):
-            os.symlink(p, d / f"annotation_{k}.nii.gz")
+    root = _curvas_layout(items, tmp_path / "curvas")
     k = len(items[0]["raters"])
     os.remove(root / items[1]["case"] / "annotation_1.nii.gz")
     with pytest.raises(FileNotFoundError, match=f"lacks rater\\(s\\) 1 of {k}"):

@@ -25,14 +25,18 @@ def test_wilcoxon_matches_scipy_and_degenerate_cases():
 
 
 def test_bootstrap_ci_brackets_the_mean_and_matches_a_loop():
+    a = np.array([0.5, 0.4, 0.7, 0.3, 0.6, 0.55, 0.45])
     d = np.array([0.1, 0.3, -0.05, 0.2, 0.15, 0.0, 0.25])
-    lo, hi = bootstrap_ci(d, n_boot=2000, seed=3)
+    lo, hi = bootstrap_ci(a, a + d, n_boot=2000, seed=3)
     assert lo < d.mean() < hi
+    # paired: one resample of case indices for both models
     rng = np.random.default_rng(3)
     idx = rng.integers(0, d.size, size=(2000, d.size))
-    loop = [d[idx[i]].mean() for i in range(2000)]
+    loop = [((a + d)[idx[i]] - a[idx[i]]).mean() for i in range(2000)]
     assert (lo, hi) == pytest.approx(tuple(np.quantile(loop, [0.025, 0.975])))
-    assert bootstrap_ci([0.2, 0.2, 0.2]) == pytest.approx((0.2, 0.2))
+    assert bootstrap_ci([0.1, 0.5, 0.3], [0.3, 0.7, 0.5]) == pytest.approx((0.2, 0.2))
+    with pytest.raises(ValueError, match="same number of cases"):
+        bootstrap_ci([0.1, 0.2], [0.3])
 
 
 def test_paired_comparison_drops_nan_pairs():
@@ -100,5 +104,5 @@ def test_compare_models_never_averages_groups_and_keeps_regions_apart():
 
 
 def test_bootstrap_ci_needs_two_cases():
-    assert all(math.isnan(v) for v in bootstrap_ci([0.3]))
-    assert all(math.isnan(v) for v in bootstrap_ci([]))
+    assert all(math.isnan(v) for v in bootstrap_ci([0.3], [0.4]))
+    assert all(math.isnan(v) for v in bootstrap_ci([], []))

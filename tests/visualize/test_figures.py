@@ -8,7 +8,7 @@ import torch
 from calibseg.binning import compute_bin_stats
 from calibseg.visualize import draw_case_reliability_diagrams, draw_dataset_reliability_diagrams
 
-SMALL = {"panel_size": (2.0, 2.0), "savefig_kwargs": {"dpi": 60}}
+SMALL = {"figsize": (2.0, 2.0), "savefig_kwargs": {"dpi": 60}}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def _check_png(path, min_w, min_h):
 def test_case_diagrams_png(tmp_path, stats):
     out = tmp_path / "figs"  # created on demand
     paths = draw_case_reliability_diagrams(
-        stats, str(out), ["case/01", "b", "c"], class_names=["bg", "kidney"], **SMALL
+        stats, str(out), case_names=["case/01", "b", "c"], class_names=["bg", "kidney"], **SMALL
     )
     assert [p.rsplit("/", 1)[-1] for p in paths] == [
         "case_01_reliability_diagram.png",
@@ -54,7 +54,7 @@ def test_dataset_diagram_png_with_average_panel(tmp_path, stats):
     assert path.endswith("dataset_reliability_diagram.png")
     img = _check_png(path, 300, 150)
     (narrow,) = draw_dataset_reliability_diagrams(
-        stats, tmp_path / "n", show_counts=False, show_aggregate=False, **SMALL
+        stats, tmp_path / "n", draw_histograms=False, show_aggregate=False, **SMALL
     )
     # three panels (two classes + average) make a wider figure than two
     assert img.shape[1] > mpimg.imread(narrow).shape[1]
@@ -66,14 +66,14 @@ def test_pdf_and_options(tmp_path, stats):
         tmp_path,
         fmt="pdf",
         cmap="magma",
-        figsize=(6, 3),
+        figsize=(3, 2),
         rc_params={"font.size": 6},
         title="Validation ({n} cases)",
     )
     data = open(path, "rb").read()
     assert path.endswith(".pdf") and data.startswith(b"%PDF") and len(data) > 2000
     paths = draw_case_reliability_diagrams(
-        stats, tmp_path, ["a", "b", "c"], fmt="pdf", show_counts=False, color="k"
+        stats, tmp_path, case_names=["a", "b", "c"], fmt="pdf", draw_histograms=False, color="k"
     )
     assert all(open(p, "rb").read(4) == b"%PDF" for p in paths)
 
@@ -82,13 +82,17 @@ def test_bad_input(tmp_path, stats):
     with pytest.raises(ValueError, match="3 class_names .* 2 classes"):
         draw_dataset_reliability_diagrams(stats, tmp_path, class_names=["a", "b", "c"])
     with pytest.raises(ValueError, match="2 case_names given for 3 cases"):
-        draw_case_reliability_diagrams(stats, tmp_path, ["a", "b"])
-    with pytest.raises(ValueError, match="out_dir"):
+        draw_case_reliability_diagrams(stats, tmp_path, case_names=["a", "b"])
+    with pytest.raises(ValueError, match="output_dir"):
         draw_dataset_reliability_diagrams(stats, None)
     with pytest.raises(ValueError, match="fmt"):
         draw_dataset_reliability_diagrams(stats, tmp_path, fmt="jpg")
     with pytest.raises(TypeError, match="BinStats"):
+        draw_dataset_reliability_diagrams(torch.zeros(2, 3), tmp_path)
+    with pytest.raises(ValueError, match="square"):
         draw_dataset_reliability_diagrams(torch.zeros(1, 2, 3), tmp_path)
+    with pytest.raises(ValueError, match="binning_data"):  # the paper's rule
+        draw_dataset_reliability_diagrams(torch.zeros(1, 3, 3), tmp_path)
     with pytest.raises(TypeError, match="unknown drawing option"):
         draw_dataset_reliability_diagrams(stats, tmp_path, colour="red")
     assert list(tmp_path.iterdir()) == []

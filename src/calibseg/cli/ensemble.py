@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 import typer
 
 from calibseg.cli.common import console
+from calibseg.metrics.uncertainty import UncertaintyAccumulator
+
+#: ``--method`` choices: how member probabilities are combined
+Method = Enum(  # type: ignore[misc]
+    "Method", {m.replace("-", "_"): m for m in UncertaintyAccumulator.METHODS}, type=str
+)
+
+
+class Strategy(str, Enum):
+    """``--strategy`` choices; a named group of chosen members is given with ``--group``."""
+
+    global_ = "global"
+    per_rater = "per-rater"
+
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -107,9 +123,14 @@ def combine(
         None, help="Member prediction folders (calibseg or nnU-Net .npz); repeatable."
     ),
     bundle: str | None = typer.Option(None, help="Use the member runs of this bundle."),
-    strategy: str = typer.Option("global", help="per-rater | global | NAME=member1,member2,…"),
+    strategy: Strategy = typer.Option(
+        Strategy.global_, help="All members in one ensemble, or one ensemble per rater."
+    ),
+    group: str | None = typer.Option(
+        None, help="One named group of chosen members instead: NAME=member1,member2,…"
+    ),
     out: str | None = typer.Option(None, help="Output folder (default <bundle>/ensembles)."),
-    method: str = typer.Option("mean", help="mean | logit-mean | weighted"),
+    method: Method = typer.Option("mean", help="How member probabilities are combined."),
     weights: str | None = typer.Option(None, help="Comma-separated weights for --method weighted."),
     scheduler: str | None = typer.Option(None, help="Dask scheduler address to fan cases out."),
     workers: int | None = typer.Option(None, help="Local Dask workers (default: in-process)."),
@@ -123,11 +144,15 @@ def combine(
     Example: calibseg ensemble combine --members runs/a/predictions runs/b/predictions --out ens
 
     Example: calibseg ensemble combine --bundle bundles/synthetic_baseline_ce_1a2b3c4d --strategy per-rater
+
+    Example: calibseg ensemble combine --bundle B --group s1=rater1_seed11,rater2_seed11 --out s1
     """
     from calibseg import storage
     from calibseg.ensemble.combine import combine_members
     from calibseg.ensemble.members import discover_members, group_members
 
+    if group is not None and strategy is not Strategy.global_:
+        raise ValueError("--group replaces --strategy: give one of the two.")
     dirs = list(members or []) + list(more or [])
     flat = [p for d in dirs for p in d.split(",") if p]
     if bool(flat) == bool(bundle):
@@ -138,9 +163,10 @@ def combine(
             raise ValueError("--out is required with --members.")
         out = storage.join(bundle, "ensembles")
     w = [float(x) for x in weights.split(",")] if weights else None
-    groups = group_members(list(found), strategy)
+    spec = group if group is not None else strategy.value
+    groups = group_members(list(found), spec)
     for gname, names in groups.items():
-        dest = storage.join(out, gname) if strategy == "per-rater" else out
+        dest = storage.join(out, gname) if strategy is Strategy.per_rater else out
         gw = None
         if w is not None:
             if len(w) != len(found):
@@ -149,9 +175,9 @@ def combine(
         meta = combine_members(
             {n: found[n] for n in names},
             dest,
-            method=method,
+            method=method.value,
             weights=gw,
-            strategy=strategy,
+            strategy=spec,
             group=gname,
             scheduler=scheduler,
             workers=workers,

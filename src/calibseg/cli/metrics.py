@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 import typer
 
 from calibseg.cli.common import console, print_table
+from calibseg.metrics.multirater import REGIONS
+
+#: ``--region`` choices (typer lists them in --help and refuses others)
+Region = Enum("Region", {r: r for r in REGIONS}, type=str)  # type: ignore[misc]
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -34,7 +40,7 @@ def compute(
     out: str = typer.Option("metrics.csv", help="Tidy output table (CSV)."),
     model: str | None = typer.Option(None, help="Model name in the table (default: folder name)."),
     group: str = typer.Option("", help="Group label in the table (e.g. ensemble, member)."),
-    region: str = typer.Option("whole", help="Calibration region: whole | body | dilated."),
+    region: Region = typer.Option("whole", help="Calibration region."),
     body_threshold: float = typer.Option(-500.0, help="Image threshold of the body crop."),
     dilation: int = typer.Option(3, help="Dilation iterations of the rater union (voxels)."),
     num_bins: int = typer.Option(20, help="Bins of the classwise ECE/ACE/MCE."),
@@ -55,7 +61,7 @@ def compute(
     import pandas as pd
 
     from calibseg import storage
-    from calibseg.metrics.multirater_table import COLUMNS, compute_metrics_table, summarise
+    from calibseg.evaluate.multirater_table import COLUMNS, compute_metrics_table, summarise
 
     names = [c.strip() for c in class_names.split(",")] if class_names else None
     df = compute_metrics_table(
@@ -64,7 +70,7 @@ def compute(
         model=model,
         group=group,
         class_names=names,
-        region=region,
+        region=region.value,
         body_threshold=body_threshold,
         dilation=dilation,
         num_bins=num_bins,
@@ -80,7 +86,7 @@ def compute(
             )
         old["group"] = old["group"].fillna("").astype(str)
         same = (old["model"] == model_name) & (old["group"] == group)
-        same &= (old["region"] == region) & (old["num_bins"] == num_bins)
+        same &= (old["region"] == region.value) & (old["num_bins"] == num_bins)
         old = old[~same]
         df = pd.concat([old, df], ignore_index=True)
     summary = summarise(df)

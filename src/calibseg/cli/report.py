@@ -67,7 +67,7 @@ def report(
         written += draw_case_reliability_diagrams(
             stats,
             out_dir,
-            case_ids,
+            case_names=case_ids,
             class_names=class_names,
             fmt=fmt.value,
             average_over_classes=average,

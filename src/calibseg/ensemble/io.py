@@ -8,6 +8,8 @@ Two member formats, detected by extension:
   otherwise).
 
 Both are returned as ``[C, x, y, z]`` (classes first) float32 tensors plus the 4×4 affine.
+:func:`load_nifti` is the one NIfTI reader of the run evaluation, the ensembles and the
+multi-rater table; :func:`load_rater_items` lists the rater label maps of a multi-rater dataset.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from __future__ import annotations
 import logging
 import os
 
+import nibabel as nib
 import numpy as np
 import torch
 
 from calibseg import storage
+from calibseg.data.scanners import MULTIRATER_CLASS_NAMES, scan_multirater
 
 __all__ = [
     "PROB_SUFFIX",
     "prediction_folder",
     "list_cases",
+    "load_nifti",
+    "load_rater_items",
     "read_probabilities",
     "read_label",
     "write_nifti",
@@ -66,15 +72,83 @@ def list_cases(folder: str) -> dict[str, str]:
     )
 
 
-def _load_nifti(path: str):
-    import nibabel as nib
+def load_nifti(path: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """A NIfTI file (local path or URL) → (voxel array in its stored dtype, affine ``[4, 4]``
+    float64, spacing of the first three axes in mm).
 
+    Raises:
+        FileNotFoundError: no file at ``path``.
+    """
+    if not storage.exists(path):
+        raise FileNotFoundError(f"no such file: {storage.redact(str(path))}")
     with storage.local_path(path) as local:
         img = nib.load(local)
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        data = np.asarray(img.dataobj)
         affine = np.asarray(img.affine, dtype=np.float64)
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return data, affine, zooms
+    return data, affine, zooms  # type: ignore[return-value]
+
+
+def _resolve(base: str, p: str) -> str:
+    if storage.is_remote(p) or os.path.isabs(p):
+        return p
+    return storage.join(base, p[2:] if p.startswith("./") else p)
+
+
+def load_rater_items(raters: str) -> tuple[list[dict], list[str] | None]:
+    """Cases with rater label paths from a dataset.json (items with ``"raters"``; relative paths
+    resolved against its folder), a folder holding dataset.json, or a CURVAS-layout root
+    (``<case>/image.nii.gz``, ``annotation_1..K.nii.gz``). Returns ``(items, class_names)``.
+    """
+    src = str(raters).rstrip("/")
+    if not storage.exists(src):
+        raise FileNotFoundError(f"no such raters path: {raters}")
+    if not src.endswith(".json") and storage.exists(storage.join(src, "dataset.json")):
+        src = storage.join(src, "dataset.json")
+    if src.endswith(".json"):
+        meta = storage.read_json(src)
+        base = src.rsplit("/", 1)[0] if storage.is_remote(src) else os.path.dirname(src)
+        lists = [
+            meta[k] for k in ("training", "validation", "test") if isinstance(meta.get(k), list)
+        ]
+        if not lists and isinstance(meta, dict):
+            lists = [v for v in meta.values() if isinstance(v, list)]
+        items = []
+        for entry in (e for lst in lists for e in lst if isinstance(e, dict)):
+            if not entry.get("raters"):
+                continue
+            first = entry.get("label") or entry["raters"][0]
+            case = entry.get("case") or os.path.basename(first).split(".nii")[0]
+            img = entry.get("image")
+            if isinstance(img, list):
+                img = img[0] if img else None
+            items.append(
+                {
+                    "case": case,
+                    "image": _resolve(base, img) if img else None,
+                    "raters": [_resolve(base, r) for r in entry["raters"]],
+                }
+            )
+        if not items:
+            raise ValueError(f"{src} lists no item with 'raters' (rater label paths).")
+        labels = meta.get("labels") if isinstance(meta, dict) else None
+        names = None
+        if isinstance(labels, dict) and labels:
+            names = [str(labels[k]) for k in sorted(labels, key=lambda x: int(x))]
+        return items, names
+    items = [it for it in scan_multirater(src) if it.get("raters")]
+    if not items:
+        raise ValueError(f"no case with annotation_*.nii.gz files under {raters}.")
+    # rater k of every case is annotation_k: a missing one is refused, never renumbered
+    for it in items:
+        gone = [k + 1 for k, p in enumerate(it["raters"]) if not storage.exists(p)]
+        if gone:
+            raise FileNotFoundError(
+                f"case {it['case']} lacks rater(s) {', '.join(map(str, gone))} of "
+                f"{len(it['raters'])} (annotation_<k>.nii.gz); `calibseg data prepare curvas "
+                f"--data-root {raters}` lists every problem."
+            )
+    return items, list(MULTIRATER_CLASS_NAMES)
 
 
 def read_probabilities(path: str) -> tuple[torch.Tensor, np.ndarray]:
@@ -89,12 +163,13 @@ def read_probabilities(path: str) -> tuple[torch.Tensor, np.ndarray]:
         prob = torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 2, 1)))
         seg = str(path)[: -len(_NPZ)] + ".nii.gz"
         if storage.exists(seg):
-            affine = _load_nifti(seg)[1]
+            affine = load_nifti(seg)[1]
         else:
             log.info("no %s beside %s; using an identity affine", os.path.basename(seg), path)
             affine = np.eye(4)
     else:
-        data, affine, _ = _load_nifti(path)
+        data, affine, _ = load_nifti(path)
+        data = data.astype(np.float32, copy=False)
         if data.ndim == 5 and data.shape[3] == 1:
             data = data[:, :, :, 0, :]
         if data.ndim != 4:
@@ -112,7 +187,7 @@ def read_probabilities(path: str) -> tuple[torch.Tensor, np.ndarray]:
 
 def read_label(path: str) -> tuple[torch.Tensor, np.ndarray, tuple[float, float, float]]:
     """Integer label map ``[x, y, z]`` (int64), its affine and voxel spacing (mm)."""
-    data, affine, zooms = _load_nifti(path)
+    data, affine, zooms = load_nifti(path)
     data = np.squeeze(data)
     if data.ndim != 3:
         raise ValueError(f"{path}: a label map must be 3-D, got shape {data.shape}.")
@@ -121,8 +196,6 @@ def read_label(path: str) -> tuple[torch.Tensor, np.ndarray, tuple[float, float,
 
 def write_nifti(path: str, array: np.ndarray | torch.Tensor, affine: np.ndarray, dtype) -> None:
     """Write ``array`` (spatial axes first) as NIfTI atomically (any storage path)."""
-    import nibabel as nib
-
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
     img = nib.Nifti1Image(np.asarray(array).astype(dtype), affine)

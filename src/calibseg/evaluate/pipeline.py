@@ -28,6 +28,7 @@ import numpy as np
 
 from calibseg import storage
 from calibseg.binning import check_num_bins
+from calibseg.ensemble.io import load_nifti
 
 __all__ = ["evaluate_run", "evaluate_case", "REGION_DATASETS", "next_free_dir", "METRICS"]
 
@@ -36,19 +37,6 @@ log = logging.getLogger(__name__)
 REGION_DATASETS = ("kits23", "brats21")
 METRICS = ("dice", "hd95", "ece", "ace", "mce", "missing", "missed", "hallucinated")
 _RESULT_FILES = ("summary.json", "cases.csv", "bin_stats.npz")
-
-
-def _load_nifti(path: str) -> tuple[np.ndarray, tuple[float, ...]]:
-    """(array, voxel spacing of the first three axes) of a NIfTI file (local or URL)."""
-    import nibabel as nib
-
-    if not storage.exists(path):
-        raise FileNotFoundError(f"no such file: {storage.redact(path)}")
-    with storage.local_path(path) as local:
-        img = nib.load(local)
-        data = np.asarray(img.dataobj)
-        spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return data, spacing
 
 
 def _region_transforms(dataset: str):
@@ -104,8 +92,8 @@ def evaluate_case(
     from calibseg.metrics.surface_distance import compute_hausdorff_distance  # MONAI's values
 
     case = str(task["case"])
-    label, spacing = _load_nifti(task["label"])
-    prob, _ = _load_nifti(task["prob"])
+    label, _, spacing = load_nifti(task["label"])
+    prob = load_nifti(task["prob"])[0]
     label = np.squeeze(label)
     if prob.ndim != label.ndim + 1:
         raise ValueError(
@@ -438,5 +426,7 @@ def _figures(stats, out: str, case_ids: list[str], names: list[str], case_figure
 
     files = list(draw_dataset_reliability_diagrams(stats, out, class_names=names))
     if case_figures:
-        files += list(draw_case_reliability_diagrams(stats, out, case_ids, class_names=names))
+        files += list(
+            draw_case_reliability_diagrams(stats, out, case_names=case_ids, class_names=names)
+        )
     return files

@@ -89,25 +89,37 @@ def _fingerprint(x: Any) -> tuple:
     return (id(x),)
 
 
-def binning_source(y_pred: Any, y: Any, num_bins: int, right: bool) -> tuple:
+def binning_source(
+    y_pred: Any, y: Any, num_bins: int, right: bool, include_background: bool = True
+) -> tuple:
     """What a binning was computed from: the options and the identity of the inputs."""
-    return (num_bins, bool(right), _fingerprint(y_pred), _fingerprint(y))
+    return (num_bins, bool(right), bool(include_background), _fingerprint(y_pred), _fingerprint(y))
 
 
 def read_iteration_binning(
-    output: Any, num_bins: int, right: bool, y_pred: Any, y: Any
+    output: Any, num_bins: int, right: bool, y_pred: Any, y: Any, include_background: bool = True
 ) -> BinStats | None:
     """BinStats ``[B, C, K]`` put into ``engine.state.output`` by :class:`BinningDataHandler`,
-    or None if absent or not computed from these very inputs ``(y_pred, y)`` — the consumer's
-    own ``output_transform`` result — with these ``num_bins`` and ``right``; the consumer then
-    bins its own inputs, so its options are always honoured."""
+    with the consumer's channels (channel 0 dropped unless ``include_background``), or None if
+    absent, not computed from these very inputs ``(y_pred, y)`` — the consumer's own
+    ``output_transform`` result — with these ``num_bins`` and ``right``, or without the
+    background the consumer wants; the consumer then bins its own inputs, so its options are
+    always honoured."""
     outs = _outputs(output)
     if not outs or any(ITERATION_KEY not in o or SOURCE_KEY not in o for o in outs):
         return None
-    if outs[0][SOURCE_KEY] != binning_source(y_pred, y, num_bins, right):
+    source = outs[0][SOURCE_KEY]
+    want = binning_source(y_pred, y, num_bins, right)
+    if source[:2] != want[:2] or source[3:] != want[3:]:
+        return None
+    stored_background = source[2]
+    if include_background and not stored_background:
         return None
     t = outs[0][ITERATION_KEY] if len(outs) == 1 else torch.cat([o[ITERATION_KEY] for o in outs])
-    return stats_from_binning_tensor(t)
+    stats = stats_from_binning_tensor(t)
+    if stored_background and not include_background:
+        stats = stats.select_classes(slice(1, None))
+    return stats
 
 
 def case_names_of(engine: Engine, n: int, start: int, transform: Callable | None) -> list[str]:
@@ -156,12 +168,17 @@ class BinningDataHandler:
     - ``running_binning_data``: ``[N, C, 3, K]`` every case seen since the epoch started;
     - ``aggregated_binning_data``: ``[C, 3, K]`` the pooled (micro) bins of those cases.
 
-    All channels are binned (consumers drop the background themselves). Empty bins have NaN
-    means. For a list output each dict gets its own case's ``[1, C, 3, K]`` as
-    ``iteration_binning``.
+    ``C`` counts the channels kept (channel 0 dropped with ``include_background=False``, as in
+    the paper's code); consumers without the background reuse either form, consumers with it
+    only the full one. Empty bins have NaN means. For a list output each dict gets its own
+    case's ``[1, C, 3, K]`` as ``iteration_binning``. The paper's positional order
+    ``(num_bins, include_background, right)`` is kept; ``aggregated_binning_data`` pools voxel
+    counts exactly (the paper's code averages the per-case mean probabilities, see
+    docs/dropin.md).
 
     Args:
         num_bins: equal-width bins over [0, 1].
+        include_background: keep channel 0.
         right: bin-edge rule (see :func:`calibseg.metrics.calibration_binning`).
         output_transform: ``engine.state.output`` → ``(y_pred, y)``; default
             ``from_engine(["pred", "label"])``.
@@ -173,11 +190,13 @@ class BinningDataHandler:
     def __init__(
         self,
         num_bins: int = 20,
+        include_background: bool = True,
         right: bool = False,
         output_transform: Callable[[Any], tuple[Any, Any]] | None = None,
     ) -> None:
         check_num_bins(num_bins)
         self.num_bins = num_bins
+        self.include_background = include_background
         self.right = right
         self.output_transform = output_transform or default_transform()
         self.reset()
@@ -206,7 +225,11 @@ class BinningDataHandler:
             )
         y_pred, y = self.output_transform(engine.state.output)
         stats = bin_output(y_pred, y, self.num_bins, self.right)
-        source = binning_source(y_pred, y, self.num_bins, self.right)
+        if not self.include_background:
+            if stats.shape[1] < 2:
+                raise ValueError("include_background=False needs at least two channels.")
+            stats = stats.select_classes(slice(1, None))
+        source = binning_source(y_pred, y, self.num_bins, self.right, self.include_background)
         self.iteration_stats = stats
         tot = stats.total()
         self._total = tot if self._total is None else self._total + tot

@@ -16,15 +16,19 @@ import csv
 import io
 import logging
 import math
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 from ignite.metrics.metric import reinit__is_reduced
+from monai.data import decollate_batch
 from monai.handlers.ignite_metric import IgniteMetricHandler
+from monai.handlers.utils import write_metrics_reports
 from monai.metrics.utils import do_metric_reduction
-from monai.utils import MetricReduction
+from monai.utils import ImageMetaKey, MetricReduction
 
 from calibseg import storage
 from calibseg.binning import BinStats, check_num_bins
@@ -56,11 +60,13 @@ class CalibrationError(IgniteMetricHandler):
         metric_reduction: reduction of the per-image, per-class table ``[N, C]``:
             ``"mean"`` (default), ``"mean_batch"`` (per class, averaged over images),
             ``"mean_channel"`` (per image, averaged over classes), ``"sum*"``, ``"none"``.
-        average: ``"image"`` reduces all images together; ``"iteration"`` reduces each
-            iteration's images first and averages the iteration values (NaN-aware).
         output_transform: ``engine.state.output`` → ``(y_pred, y)``.
         save_details: store the ``[N, C]`` table in ``engine.state.metric_details[name]``.
         right: bin-edge rule.
+        average: ``"image"`` reduces all images together; ``"iteration"`` reduces each
+            iteration's images first and averages the iteration values (NaN-aware).
+
+    The first six parameters are the paper's, in its order.
 
     Example:
         >>> CalibrationError(calibration_reduction="average",
@@ -74,10 +80,10 @@ class CalibrationError(IgniteMetricHandler):
         include_background: bool = True,
         calibration_reduction: CalibrationReduction | str = CalibrationReduction.EXPECTED,
         metric_reduction: MetricReduction | str = MetricReduction.MEAN,
-        average: str = "image",
         output_transform: Callable = lambda x: x,
         save_details: bool = True,
         right: bool = False,
+        average: str = "image",
     ) -> None:
         if average not in ("image", "iteration"):
             raise ValueError(f"average must be 'image' or 'iteration', got {average!r}.")
@@ -118,12 +124,17 @@ class CalibrationError(IgniteMetricHandler):
         stats = None
         if self._engine is not None:
             stats = read_iteration_binning(
-                self._engine.state.output, m.num_bins, m.right, output[0], output[1]
+                self._engine.state.output,
+                m.num_bins,
+                m.right,
+                output[0],
+                output[1],
+                m.include_background,
             )
         if stats is None:
             stats = bin_output(output[0], output[1], m.num_bins, m.right)
-        if not m.include_background:
-            stats = stats.select_classes(slice(1, None))
+            if not m.include_background:
+                stats = stats.select_classes(slice(1, None))
         errors = stats.errors()[_REDUCTION_KEY[m.calibration_reduction]].float()
         m.extend(errors)
         self._sizes.append(int(errors.shape[0]))
@@ -195,14 +206,16 @@ class CaseStatsCollector:
     def collect(self, engine: Engine) -> None:
         """Add this iteration's cases."""
         y_pred, y = self.output_transform(engine.state.output)
-        stats = read_iteration_binning(engine.state.output, self.num_bins, self.right, y_pred, y)
+        stats = read_iteration_binning(
+            engine.state.output, self.num_bins, self.right, y_pred, y, self.include_background
+        )
         if stats is None:
             stats = bin_output(y_pred, y, self.num_bins, self.right)
-        c = stats.shape[1]
+            if not self.include_background:
+                stats = stats.select_classes(slice(1, None))
+        c = stats.shape[1] + (0 if self.include_background else 1)
         if self.class_names is not None and len(self.class_names) != c:
             raise ValueError(f"{len(self.class_names)} class_names given for {c} channels.")
-        if not self.include_background:
-            stats = stats.select_classes(slice(1, None))
         n = stats.shape[0]
         self.case_names += case_names_of(engine, n, len(self.case_names), self.case_name_transform)
         self._stats.append(BinStats(stats.weight.cpu(), stats.sum_p.cpu(), stats.sum_gt.cpu()))
@@ -244,12 +257,25 @@ class CalibrationErrorHandler(CaseStatsCollector):
     ``engine.state.metrics[f"{prefix}_{m}_{macro|micro}"]`` hold class means (floats); with
     ``output_dir``, ``<prefix>_per_case.csv`` (case, class, missing, ece, ace, mce) and
     ``<prefix>_summary.csv`` (class, n_cases, n_missing, ece_macro, ece_micro, …) are
-    written (into ``epoch_<n>/`` when ``when="epoch"``).
+    written (into ``epoch_<n>/`` when ``when="epoch"``), with the reports of the paper's code
+    beside them (MONAI's :func:`~monai.handlers.utils.write_metrics_reports`: ``metrics.csv``
+    with ``macro_<m>``, ``micro_<m>`` and ``missing_classes``; ``<name>_raw.csv`` per case;
+    ``<name>_summary.csv`` with ``summary_ops``). The first seven parameters are the paper's,
+    in its order. Micro values pool the voxels of a bin exactly, where the paper's code averages
+    the cases' mean probabilities (docs/dropin.md).
 
     Args:
-        num_bins, include_background, right: binning options.
+        num_bins, include_background: binning options.
+        output_dir: folder or URL for the CSV files (None: no files; the paper's code
+            defaults to ``"./"``).
+        summary_ops, delimiter, output_type: the paper's report options, passed to MONAI's
+            ``write_metrics_reports`` (``summary_ops``: None, ``"*"`` or a list such as
+            ``["mean", "median", "90percentile"]``).
+        meta_batch_transform: ``engine.state.batch`` → its metadata; the reports then name
+            each case by ``filename_or_obj`` as the paper's code (default: calibseg's case
+            names).
+        right: bin-edge rule.
         class_names: names of all input channels (background first).
-        output_dir: folder or URL for the CSV files (None: no files).
         prefix: metric-name and file-name prefix.
         skip_missing_classes: leave (case, class) pairs without ground truth out of the values.
         when: ``"run"`` (at ``COMPLETED``) or ``"epoch"`` (every ``EPOCH_COMPLETED``).
@@ -261,9 +287,13 @@ class CalibrationErrorHandler(CaseStatsCollector):
         self,
         num_bins: int = 20,
         include_background: bool = True,
+        output_dir: str | None = None,
+        summary_ops: str | Sequence[str] | None = None,
+        delimiter: str = ",",
+        output_type: str = "csv",
+        meta_batch_transform: Callable[[Any], Any] | None = None,
         right: bool = False,
         class_names: Sequence[str] | None = None,
-        output_dir: str | None = None,
         prefix: str = "calibration",
         skip_missing_classes: bool = False,
         when: str = "run",
@@ -279,11 +309,30 @@ class CalibrationErrorHandler(CaseStatsCollector):
             output_transform,
             case_name_transform,
         )
+        if str(output_type).lower() != "csv":
+            raise ValueError(f"output_type must be 'csv', got {output_type!r}.")
         self.output_dir = output_dir
+        self.summary_ops = summary_ops
+        self.delimiter = delimiter
+        self.output_type = output_type
+        self.meta_batch_transform = meta_batch_transform
         self.prefix = prefix
         self.skip_missing_classes = skip_missing_classes
         self.results: dict[str, Any] = {}
         self.written: list[str] = []
+        self._filenames: list[str] = []
+
+    def reset(self, engine: Engine | None = None) -> None:
+        super().reset(engine)
+        self._filenames = []
+
+    def collect(self, engine: Engine) -> None:
+        """Add this iteration's cases (and, with ``meta_batch_transform``, their file names)."""
+        super().collect(engine)
+        if self.meta_batch_transform is not None:
+            meta = self.meta_batch_transform(engine.state.batch)
+            items = decollate_batch(meta) if isinstance(meta, dict) else list(meta)
+            self._filenames += [f"{m.get(ImageMetaKey.FILENAME_OR_OBJ)}" for m in items]
 
     def finalize(self, engine: Engine) -> None:
         stats = self.stats
@@ -323,7 +372,43 @@ class CalibrationErrorHandler(CaseStatsCollector):
             folder = str(self.output_dir)
             if self.when == "epoch":
                 folder = storage.join(folder, f"epoch_{engine.state.epoch}")
-            self.written = self.write_csv(folder)
+            self.written = self.write_csv(folder) + self.write_reports(folder)
+
+    def write_reports(self, folder: str) -> list[str]:
+        """The paper's reports through MONAI's ``write_metrics_reports`` (``metrics.csv``,
+        ``<name>_raw.csv``, ``<name>_summary.csv``), written atomically into ``folder``."""
+        r = self.results
+        if not r:
+            raise ValueError("no results yet: run the engine first.")
+        hide = r["missing"] if self.skip_missing_classes else torch.zeros_like(r["missing"])
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        per_case = {f"macro_{k}": torch.where(hide, nan, v) for k, v in r["per_case"].items()}
+        micro = {f"micro_{k}": v[None] for k, v in r["micro"].items()}
+        missing = r["missing"].to(torch.int64)
+        metrics: dict[str, Any] = {k: float(v.nanmean()) for k, v in (per_case | micro).items()}
+        metrics["missing_classes"] = r["missing"].any(0).tolist()
+        details = {k: v.numpy() for k, v in (per_case | micro).items()}
+        details["missing_classes"] = missing.numpy()
+        images = self._filenames or list(r["case_names"])
+        if len(images) != missing.shape[0]:
+            raise ValueError(f"{len(images)} file names for {missing.shape[0]} cases.")
+        written = []
+        with tempfile.TemporaryDirectory() as tmp:
+            write_metrics_reports(
+                tmp,
+                images,
+                metrics,
+                details,
+                self.summary_ops,
+                deli=self.delimiter,
+                output_type=self.output_type,
+            )
+            for name in sorted(os.listdir(tmp)):
+                target = storage.join(folder, name)
+                with open(os.path.join(tmp, name), "rb") as f:
+                    storage.write_bytes(target, f.read())
+                written.append(target)
+        return written
 
     def write_csv(self, folder: str) -> list[str]:
         """Write ``<prefix>_per_case.csv`` and ``<prefix>_summary.csv`` into ``folder``."""

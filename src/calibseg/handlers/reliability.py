@@ -11,11 +11,8 @@ from ignite.engine import Engine
 
 from calibseg import storage
 from calibseg.handlers.calibration import CaseStatsCollector
-from calibseg.metrics.reliability import (
-    binning_tensor,
-    calculate_heatmap_from_bins,
-    figure_options_from_paper,
-)
+from calibseg.metrics.diagram import ReliabilityDiagramMetric
+from calibseg.metrics.reliability import binning_tensor
 
 __all__ = ["ReliabilityDiagramHandler"]
 
@@ -94,26 +91,30 @@ class ReliabilityDiagramHandler(CaseStatsCollector):
         when: str = "run",
         figure_options: dict[str, Any] | None = None,
     ) -> None:
-        if (draw_case_diagrams or draw_dataset_diagrams) and not output_dir:
-            raise ValueError("ReliabilityDiagramHandler needs output_dir (a folder or URL).")
-        if num_classes is not None:
-            num_classes = int(num_classes)
-            if class_names is not None and len(class_names) != num_classes:
-                raise ValueError(
-                    f"{len(class_names)} class_names given for num_classes={num_classes}."
-                )
-            if not include_background and num_classes == 1:
-                raise ValueError("include_background=False needs more than one class.")
-        self.case_options, self.dataset_options, self.fmt = figure_options_from_paper(
+        # the metric checks the arguments and draws; this handler collects the cases from a run
+        self.metric = ReliabilityDiagramMetric(
+            num_classes,
+            num_bins,
+            include_background,
+            output_dir,
             figsize,
+            class_names,
+            draw_case_diagrams,
             draw_case_histograms,
+            None,
+            print_case_ece,
+            print_case_ace,
+            print_case_mce,
+            draw_dataset_diagrams,
             draw_dataset_histograms,
-            (print_case_ece, print_case_ace, print_case_mce),
+            draw_dataset_average_over_classes,
             dataset_imshow_kwargs,
             savefig_kwargs,
             rc_params,
-            fmt,
-            figure_options,
+            right,
+            average_over_classes=average_over_classes,
+            fmt=fmt,
+            figure_options=figure_options,
         )
         super().__init__(
             num_bins,
@@ -124,16 +125,25 @@ class ReliabilityDiagramHandler(CaseStatsCollector):
             output_transform,
             case_name_transform,
         )
-        self.num_classes = num_classes
+        self.num_classes = self.metric.num_classes
         self.output_dir = str(output_dir) if output_dir else None
-        self.draw_case_diagrams = draw_case_diagrams
-        self.draw_dataset_diagrams = draw_dataset_diagrams
-        self.average_over_classes = bool(average_over_classes or draw_dataset_average_over_classes)
         self.save_details = save_details
         self.name: str | None = None
-        self.heatmap: torch.Tensor | None = None
-        self.aggregated: torch.Tensor | None = None
-        self.written: list[str] = []
+
+    @property
+    def heatmap(self) -> torch.Tensor | None:
+        """Dataset reliability histogram ``[C, K, K]`` of the last finished epoch or run."""
+        return self.metric.heatmap
+
+    @property
+    def aggregated(self) -> torch.Tensor | None:
+        """Pooled (mean_p, mean_gt, counts) ``[C, 3, K]`` of the last finished epoch or run."""
+        return self.metric.aggregated
+
+    @property
+    def written(self) -> list[str]:
+        """Figures written at the last finish."""
+        return self.metric.written
 
     def attach(self, engine: Engine, name: str | None = None) -> None:
         """Attach to ``engine``; with ``name`` (as a workflow metric) the heat map is also
@@ -151,38 +161,18 @@ class ReliabilityDiagramHandler(CaseStatsCollector):
                 raise ValueError(f"the data has {c} channels but num_classes={self.num_classes}.")
 
     def finalize(self, engine: Engine) -> None:
-        from calibseg import visualize
-
         stats = self.stats
-        self.heatmap = calculate_heatmap_from_bins(stats.means()[1], self.num_bins)
-        self.aggregated = binning_tensor(stats.total())[0]
+        folder = self.output_dir
+        if folder is not None and self.when == "epoch":
+            folder = storage.join(folder, f"epoch_{engine.state.epoch}")
+        heatmap = self.metric.report(stats, self.case_names, folder)
         if self.name is not None:
-            engine.state.metrics[self.name] = self.heatmap
+            engine.state.metrics[self.name] = heatmap
             if self.save_details:
                 details = getattr(engine.state, "metric_details", None)
                 if not isinstance(details, dict):
                     details = {}
                     engine.state.metric_details = details  # type: ignore[attr-defined]
                 details[self.name] = binning_tensor(stats)
-        written: list[str] = []
-        if self.output_dir is not None:
-            folder = self.output_dir
-            if self.when == "epoch":
-                folder = storage.join(folder, f"epoch_{engine.state.epoch}")
-            names = self.names_of_classes
-            avg = {"average_over_classes": self.average_over_classes}
-            if self.draw_dataset_diagrams:
-                written += visualize.draw_dataset_reliability_diagrams(
-                    stats, folder, class_names=names, fmt=self.fmt, **(avg | self.dataset_options)
-                )
-            if self.draw_case_diagrams:
-                written += visualize.draw_case_reliability_diagrams(
-                    stats,
-                    folder,
-                    self.case_names,
-                    class_names=names,
-                    fmt=self.fmt,
-                    **(avg | self.case_options),
-                )
-            logger.info("reliability figures: %d written to %s", len(written), folder)
-        self.written = written
+        if self.written:
+            logger.info("reliability figures: %d written to %s", len(self.written), folder)

@@ -119,17 +119,26 @@ def indices_to_onehot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
             "to_onehot_y=True expects target class indices of shape [B, 1, *spatial], got "
             f"{tuple(target.shape)}; pass to_onehot_y=False for one-hot or soft targets."
         )
-    t = target.detach()
-    if t.numel():
-        lo, hi = torch.aminmax(t)
-        if float(lo) < 0 or float(hi) > num_classes - 1:
-            raise ValueError(
-                f"target class indices must lie in [0, {num_classes - 1}] for {num_classes} "
-                f"classes, got values in [{float(lo):.4g}, {float(hi):.4g}]."
-            )
-        if t.is_floating_point() and not bool((t == t.round()).all()):
-            raise ValueError("to_onehot_y=True expects integer class indices, got fractions.")
+    check_class_indices(target.detach(), num_classes, "target")
     return one_hot(target, num_classes=num_classes, dtype=torch.uint8, dim=1)
+
+
+def check_class_indices(t: torch.Tensor, num_classes: int, what: str) -> None:
+    """Refuse values of ``t`` that are not whole class indices in ``[0, num_classes)``.
+
+    Raises:
+        ValueError: naming ``what``, the valid range and the range found.
+    """
+    if not t.numel():
+        return
+    lo, hi = torch.aminmax(t)
+    if float(lo) < 0 or float(hi) > num_classes - 1:
+        raise ValueError(
+            f"{what} class indices in [0, {num_classes - 1}] expected for {num_classes} classes, "
+            f"got [{float(lo):.4g}, {float(hi):.4g}]."
+        )
+    if t.is_floating_point() and not bool((t == t.round()).all()):
+        raise ValueError(f"{what} must be whole class indices, got fractions.")
 
 
 def prepare_target(

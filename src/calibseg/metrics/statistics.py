@@ -2,8 +2,8 @@
 
 For a metric, each model contributes one value per case; models are compared on the cases both
 have (paired). :func:`paired_comparison` gives the mean difference ``b − a``, a paired bootstrap
-confidence interval (``scipy.stats.bootstrap``: cases resampled with replacement, the same
-resample for both models) and
+confidence interval (``scipy.stats.bootstrap(paired=True)``: cases resampled with replacement,
+the same resample for both models) and
 the Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, two-sided) on the per-case
 differences.
 """
@@ -13,31 +13,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import bootstrap, wilcoxon
 
 __all__ = ["bootstrap_ci", "wilcoxon_signed_rank", "paired_comparison", "compare_models"]
 
 
 def bootstrap_ci(
-    diff, n_boot: int = 10000, confidence: float = 0.95, seed: int = 0
+    a, b, n_boot: int = 10000, confidence: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of per-case paired differences ``[N]``.
+    """Paired percentile bootstrap CI of the mean difference ``b − a`` of per-case values
+    ``a``, ``b`` ``[N]`` (same case order).
 
-    ``scipy.stats.bootstrap`` (percentile method, vectorised statistic): cases are resampled
-    with replacement; resampling the differences is the paired bootstrap of ``(a, b)`` with the
-    same resample for both models. NaN for fewer than 2 cases (no interval). (It gives the
-    same intervals as the earlier hand-written resampling with the same generator; that one was
-    ~2 ms faster for 100 cases × 10,000 resamples, 10.4 vs 12.6 ms — not worth own code.)
+    ``scipy.stats.bootstrap(paired=True)``: cases are resampled with replacement, the same
+    resample for both models. NaN for fewer than 2 cases (no interval).
     """
-    from scipy.stats import bootstrap
-
-    d = np.asarray(diff, dtype=np.float64).reshape(-1)
+    x = np.asarray(a, dtype=np.float64).reshape(-1)
+    y = np.asarray(b, dtype=np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"paired values need the same number of cases, got {x.size} and {y.size}.")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}.")
-    if d.size < 2:
+    if x.size < 2:
         return float("nan"), float("nan")
     res = bootstrap(
-        (d,),
-        np.mean,
+        (x, y),
+        _mean_difference,
+        paired=True,
         n_resamples=int(n_boot),
         confidence_level=confidence,
         method="percentile",
@@ -47,11 +48,13 @@ def bootstrap_ci(
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(y - x, axis=axis)
+
+
 def wilcoxon_signed_rank(a, b) -> tuple[float, float]:
     """Two-sided Wilcoxon signed-rank test of paired values ``a``, ``b`` ``[N]``:
     ``(statistic, p_value)``; NaN when there are fewer than 2 cases or all differences are 0."""
-    from scipy.stats import wilcoxon
-
     x = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if x.size < 2 or np.all(x == 0):
         return float("nan"), float("nan")
@@ -73,7 +76,7 @@ def paired_comparison(
         raise ValueError(f"paired values need the same number of cases, got {x.size} and {y.size}.")
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
-    lo, hi = bootstrap_ci(y - x, n_boot, confidence, seed)
+    lo, hi = bootstrap_ci(x, y, n_boot, confidence, seed)
     stat, p = wilcoxon_signed_rank(x, y)
     nan = float("nan")
     return {

@@ -1,6 +1,6 @@
 """Multi-rater data → nnU-Net v2 raw datasets: one per rater, optionally one on the majority vote.
 
-Sources (read with :func:`calibseg.metrics.multirater_table.load_rater_items`): calibseg's
+Sources (read with :func:`calibseg.ensemble.io.load_rater_items`): calibseg's
 synthetic set (a ``dataset.json`` whose items list ``"raters"``) or a CURVAS-style root
 (``<case>/image.nii.gz``, ``annotation_1..K.nii.gz``).
 
@@ -30,7 +30,7 @@ import torch
 from monai.transforms import VoteEnsemble
 
 from calibseg import storage
-from calibseg.metrics.multirater_table import load_rater_items
+from calibseg.ensemble.io import load_rater_items
 
 __all__ = ["RawDataset", "majority_vote", "convert_multirater", "dataset_folder_name"]
 

@@ -13,95 +13,35 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
 
 from calibseg import storage
+from calibseg.distributed import map_cases
+from calibseg.ensemble.io import (
+    list_cases,
+    load_nifti,
+    load_rater_items,
+    prediction_folder,
+    read_label,
+    read_probabilities,
+)
+from calibseg.metrics.error_detection import case_aurc
+from calibseg.metrics.multirater import REGIONS, case_metrics, region_mask
 
 __all__ = [
     "COLUMNS",
-    "load_rater_items",
     "case_rows",
     "compute_metrics_table",
     "summarise",
-    "map_over_cases",
 ]
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["case", "model", "group", "region", "num_bins", "class", "rater", "metric", "value"]
 _MAPS = ("entropy", "aleatoric", "epistemic", "1mmaxp")
-
-
-def _resolve(base: str, p: str) -> str:
-    if storage.is_remote(p) or os.path.isabs(p):
-        return p
-    return storage.join(base, p[2:] if p.startswith("./") else p)
-
-
-def load_rater_items(raters: str) -> tuple[list[dict], list[str] | None]:
-    """Cases with rater label paths from a dataset.json (items with ``"raters"``; relative paths
-    resolved against its folder), a folder holding dataset.json, or a CURVAS-layout root
-    (``<case>/image.nii.gz``, ``annotation_1..K.nii.gz``). Returns ``(items, class_names)``.
-    """
-    src = str(raters).rstrip("/")
-    if not storage.exists(src):
-        raise FileNotFoundError(f"no such raters path: {raters}")
-    if not src.endswith(".json") and storage.exists(storage.join(src, "dataset.json")):
-        src = storage.join(src, "dataset.json")
-    if src.endswith(".json"):
-        meta = storage.read_json(src)
-        base = src.rsplit("/", 1)[0] if storage.is_remote(src) else os.path.dirname(src)
-        lists = [
-            meta[k] for k in ("training", "validation", "test") if isinstance(meta.get(k), list)
-        ]
-        if not lists and isinstance(meta, dict):
-            lists = [v for v in meta.values() if isinstance(v, list)]
-        items = []
-        for entry in (e for lst in lists for e in lst if isinstance(e, dict)):
-            if not entry.get("raters"):
-                continue
-            first = entry.get("label") or entry["raters"][0]
-            case = entry.get("case") or os.path.basename(first).split(".nii")[0]
-            img = entry.get("image")
-            if isinstance(img, list):
-                img = img[0] if img else None
-            items.append(
-                {
-                    "case": case,
-                    "image": _resolve(base, img) if img else None,
-                    "raters": [_resolve(base, r) for r in entry["raters"]],
-                }
-            )
-        if not items:
-            raise ValueError(f"{src} lists no item with 'raters' (rater label paths).")
-        labels = meta.get("labels") if isinstance(meta, dict) else None
-        names = None
-        if isinstance(labels, dict) and labels:
-            names = [str(labels[k]) for k in sorted(labels, key=lambda x: int(x))]
-        return items, names
-    try:
-        from calibseg.data import scan_multirater
-    except ImportError:  # older layout of the data package
-        from calibseg.data.scanners import scan_multirater
-    items = [it for it in scan_multirater(src) if it.get("raters")]
-    if not items:
-        raise ValueError(f"no case with annotation_*.nii.gz files under {raters}.")
-    # rater k of every case is annotation_k: a missing one is refused, never renumbered
-    for it in items:
-        gone = [k + 1 for k, p in enumerate(it["raters"]) if not storage.exists(p)]
-        if gone:
-            raise FileNotFoundError(
-                f"case {it['case']} lacks rater(s) {', '.join(map(str, gone))} of "
-                f"{len(it['raters'])} (annotation_<k>.nii.gz); `calibseg data prepare curvas "
-                f"--data-root {raters}` lists every problem."
-            )
-    try:
-        from calibseg.data.scanners import MULTIRATER_CLASS_NAMES as names
-    except ImportError:
-        names = None
-    return items, list(names) if names else None
 
 
 def case_rows(
@@ -122,11 +62,6 @@ def case_rows(
     ``<case>_variance.nii.gz``) are used when present; otherwise entropy and 1 − max p of the
     prediction, and ``p(1−p)`` as the per-class uncertainty for the NCC.
     """
-    import torch
-
-    from calibseg.ensemble.io import read_label, read_probabilities
-    from calibseg.metrics.multirater import case_metrics, region_mask
-
     case = item["case"]
     prob, _ = read_probabilities(pred_file)
     labs, spacing = [], None
@@ -151,14 +86,14 @@ def case_rows(
     for key in _MAPS:
         p = storage.join(folder, f"{case}_{key}.nii.gz")
         if storage.exists(p):
-            maps[key] = read_label_float(p)
+            maps[key] = _float_map(p)
     var_path = storage.join(folder, f"{case}_variance.nii.gz")
     class_unc = read_probabilities(var_path)[0] if storage.exists(var_path) else None
     image = None
     if region == "body":
         if not item.get("image") or not storage.exists(item["image"]):
             raise FileNotFoundError(f"case {case}: region 'body' needs the image, none found.")
-        image = read_label_float(item["image"])
+        image = _float_map(item["image"])
     mask = region_mask(
         region,
         prob.shape[1:],
@@ -183,32 +118,14 @@ def case_rows(
     return rows
 
 
-def read_label_float(path: str):
-    """A 3-D NIfTI map as a float32 tensor ``[x, y, z]``."""
-    import nibabel as nib
-    import torch
-
-    with storage.local_path(path) as local:
-        data = np.asarray(nib.load(local).dataobj, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(np.squeeze(data)))
+def _float_map(path: str) -> torch.Tensor:
+    """A 3-D NIfTI map (uncertainty, image) as a float32 tensor ``[x, y, z]``."""
+    data = np.squeeze(load_nifti(path)[0]).astype(np.float32, copy=False)
+    return torch.from_numpy(np.ascontiguousarray(data))
 
 
-def map_over_cases(fn, arg_list: list[tuple], scheduler: str | None, workers: int | None) -> list:
-    """Apply ``fn(*args)`` to every args tuple through ``calibseg.distributed.map_cases``
-    (in-process by default, a Dask cluster with ``scheduler`` or ``workers``)."""
-    try:
-        from calibseg.distributed import map_cases
-    except ImportError:
-        if scheduler or workers:
-            log.warning("calibseg.distributed.map_cases is not available; computing in-process")
-        return [fn(*a) for a in arg_list]
-    jobs = [(fn, a) for a in arg_list]
-    return list(map_cases(_star, jobs, scheduler=scheduler, workers=workers, description="metrics"))
-
-
-def _star(job: tuple) -> Any:
-    fn, args = job
-    return fn(*args)
+def _case_rows_job(args: tuple) -> list[dict]:
+    return case_rows(*args)
 
 
 def compute_metrics_table(
@@ -227,12 +144,6 @@ def compute_metrics_table(
 ):
     """Tidy metrics table (pandas DataFrame, :data:`COLUMNS`) of a prediction folder against
     the raters; only cases present in both are evaluated (the others are logged)."""
-    import pandas as pd
-
-    from calibseg.ensemble.io import list_cases, prediction_folder
-    from calibseg.metrics.error_detection import case_aurc
-    from calibseg.metrics.multirater import REGIONS
-
     if region not in REGIONS:
         raise ValueError(f"unknown region {region!r}; choose one of {', '.join(REGIONS)}.")
     folder = prediction_folder(pred_dir)
@@ -272,7 +183,10 @@ def compute_metrics_table(
         )
         for it in common
     ]
-    rows = [r for rows in map_over_cases(case_rows, args, scheduler, workers) for r in rows]
+    per_case = map_cases(
+        _case_rows_job, args, scheduler=scheduler, workers=workers, description="metrics"
+    )
+    rows = [r for case in per_case for r in case]
     df = pd.DataFrame(rows, columns=COLUMNS)
     d = df[(df.metric == "dice_consensus") & (df["class"] == "mean")].set_index("case")["value"]
     u = df[(df.metric == "mean_entropy")].set_index("case")["value"]
@@ -297,8 +211,6 @@ def compute_metrics_table(
 
 
 def _num_channels(path: str) -> int:
-    from calibseg.ensemble.io import read_probabilities
-
     return int(read_probabilities(path)[0].shape[0])
 
 
@@ -306,8 +218,6 @@ def summarise(df):
     """Wide summary: mean over cases per ``(model, group, region, num_bins, metric, rater)`` ×
     class (the settings present in ``df``), NaN ignored, plus ``n_cases`` (cases with at least one
     finite value)."""
-    import pandas as pd
-
     df = df.assign(group=df["group"].fillna("").astype(str))
     per = df[df["case"] != "ALL"]
     keys = ["model", "group", *(k for k in ("region", "num_bins") if k in df.columns)]
