@@ -37,13 +37,13 @@ def _min_time(fn, repeats: int) -> float:
 
 
 def _min_cpu_time(fn, repeats: int) -> float:
-    """Min CPU time of the calling thread (one-thread runs: robust to other processes)."""
+    """Min CPU time of the process (one-thread runs: robust to other processes)."""
     fn()
     best = float("inf")
     for _ in range(repeats):
-        t = time.thread_time()
+        t = time.process_time()
         fn()
-        best = min(best, time.thread_time() - t)
+        best = min(best, time.process_time() - t)
     return best
 
 
@@ -96,7 +96,7 @@ def bench_layouts(shape, repeats: int) -> None:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    print(f"\ncompute_bin_stats on {list(shape)}, 20 bins, ONE thread: CPU time (thread_time,")
+    print(f"\ncompute_bin_stats on {list(shape)}, 20 bins, ONE thread: CPU time (process_time,")
     print("stable on a shared machine) and wall time, ms; min over repeats; counts == MONAI's")
     head = f"{'input':<40}{'CPU':>7}{'wall':>7}{'MONAI CPU':>10}{'MONAI/ours':>11}{'/contig':>9}"
     print(head)

@@ -74,46 +74,43 @@ _LOW_BYTE_LAST = sys.byteorder != "little"
 def float_source(values: np.ndarray, strides: tuple[int, int, int]) -> tuple:
     """A kernel source of float32/float64 values: ``values`` a 1-D contiguous array whose
     element ``b sb + c sc + i sn`` is the value at ``[b, c, i]`` (strides in elements)."""
-    return (values, _NONE[np.uint16], _NONE[np.uint8], _NONE[np.float32], FLOAT, 0, *strides)
+    return (values, _NONE[np.uint16], _NONE[np.uint8], _NONE[np.float32], FLOAT, 0, 1, *strides)
 
 
 def half_source(bits: np.ndarray, kind: str, strides: tuple[int, int, int]) -> tuple:
     """A kernel source of float16/bfloat16 values given as 16-bit patterns (1-D uint16
     ``bits``, strides in elements); ``kind`` is ``"float16"`` or ``"bfloat16"``."""
-    return (_NONE[np.float32], bits, _NONE[np.uint8], HALF_TABLES[kind], HALF, 0, *strides)
+    return (_NONE[np.float32], bits, _NONE[np.uint8], HALF_TABLES[kind], HALF, 0, 1, *strides)
 
 
 def byte_source(data: np.ndarray, itemsize: int, strides: tuple[int, int, int]) -> tuple:
-    """A kernel source of 0/1 integers (bool or any integer dtype) read as the low byte of each
-    element: ``data`` the 1-D uint8 bytes of the storage, ``itemsize`` the bytes per element and
-    ``strides`` in elements. Values must already be checked to lie in [0, 1]."""
+    """A kernel source of bool or integer values: ``data`` the 1-D uint8 bytes of the storage,
+    ``itemsize`` the bytes per element, ``strides`` in elements. An element reads as its low
+    byte when its other bytes are zero, else as 2 (outside [0, 1]: counted as a bad value), so
+    every value outside {0, ..., 255} is caught without a separate range pass."""
     off = itemsize - 1 if _LOW_BYTE_LAST else 0
     sb, sc, sn = (s * itemsize for s in strides)
-    return (_NONE[np.float32], _NONE[np.uint16], data, _NONE[np.float32], BYTE, off, sb, sc, sn)
+    nf, nh = _NONE[np.float32], _NONE[np.uint16]
+    return (nf, nh, data, nf, BYTE, off, itemsize, sb, sc, sn)
 
 
 def dest(values: np.ndarray, strides: tuple[int, int, int]) -> tuple:
     """A kernel destination (gradients): 1-D contiguous ``values``, strides in elements."""
-    return (values, 0, *strides)
+    return (values, *strides)
 
 
 def no_dest(dtype) -> tuple:
     """An unused destination of ``dtype`` (float32/float64)."""
-    return (_NONE[np.dtype(dtype).type], 0, 0, 0, 0)
-
-
-def scratch_dtype(src: tuple):
-    """The float dtype a source's values are staged into (the dtype of its float array)."""
-    return src[0].dtype
+    return (_NONE[np.dtype(dtype).type], 0, 0, 0)
 
 
 @njit(inline="always")
 def stage(src, b, c, t0, tn, scratch):
     """Values ``[b, c, t0 : t0 + tn]`` of a source as a contiguous 1-D array: a slice of the
     source itself when it holds floats with unit voxel stride, else ``scratch[:tn]`` filled
-    with them (widened through the half table, or the low bytes of integers)."""
-    f, h, u, table, kind, off, sb, sc, sn = src
-    o = off + b * sb + c * sc + t0 * sn
+    with them (widened through the half table, or read from bytes)."""
+    f, h, u, table, kind, off, width, sb, sc, sn = src
+    o = b * sb + c * sc + t0 * sn
     if kind == 0:
         if sn == 1:
             return f[o : o + tn]
@@ -126,20 +123,29 @@ def stage(src, b, c, t0, tn, scratch):
         else:
             for i in range(tn):
                 scratch[i] = table[h[o + i * sn]]
-    elif sn == 1:
+    elif width == 1:
+        if sn == 1:
+            for i in range(tn):
+                scratch[i] = u[o + i]
+        else:
+            for i in range(tn):
+                scratch[i] = u[o + i * sn]
+    else:  # multi-byte integers: the low byte, or 2 if any other byte is set
         for i in range(tn):
-            scratch[i] = u[o + i]
-    else:
-        for i in range(tn):
-            scratch[i] = u[o + i * sn]
+            e = o + i * sn
+            low = np.int64(u[e + off])
+            total = np.int64(0)
+            for j in range(width):
+                total += u[e + j]
+            scratch[i] = low if total == low else 2
     return scratch[:tn]
 
 
 @njit(inline="always")
 def store(dst, b, c, t0, tn, vals):
     """Write ``vals[:tn]`` to ``[b, c, t0 : t0 + tn]`` of a destination."""
-    f, off, sb, sc, sn = dst
-    o = off + b * sb + c * sc + t0 * sn
+    f, sb, sc, sn = dst
+    o = b * sb + c * sc + t0 * sn
     if sn == 1:
         for i in range(tn):
             f[o + i] = vals[i]

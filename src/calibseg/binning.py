@@ -80,14 +80,20 @@ def check_num_bins(num_bins: int) -> int:
 
 
 def validate_pair(
-    y_pred: torch.Tensor, y: torch.Tensor, *, check_range: bool = True, hint: str = ""
+    y_pred: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    check_range: bool = True,
+    hint: str = "",
+    check_int: bool = True,
 ) -> None:
     """Check that ``y_pred`` and ``y`` are ``[B, C, *spatial]`` of one shape, finite, in [0, 1].
 
     The one input check of every binning consumer (kernels, metrics, losses, handlers): an
-    empty batch (no values) is refused, and integer targets are always range-checked (one
-    min/max pass; ``check_range=False`` skips only the floating-point checks, which the kernels
-    fold into their pass). Raises ``ValueError`` with a one-line message naming the problem.
+    empty batch (no values) is refused, and integer targets are range-checked (one min/max
+    pass) unless ``check_int=False`` (for callers whose kernel pass counts them);
+    ``check_range=False`` skips the floating-point checks, which the kernels fold into their
+    pass. Raises ``ValueError`` with a one-line message naming the problem.
     """
     if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError("y_pred and y must be torch.Tensor.")
@@ -101,7 +107,7 @@ def validate_pair(
         )
     if y_pred.numel() == 0:
         raise ValueError(f"empty batch: inputs of shape {tuple(y_pred.shape)} hold no values.")
-    if y.dtype != torch.bool and not y.is_floating_point():
+    if check_int and y.dtype != torch.bool and not y.is_floating_point():
         lo, hi = (int(v) for v in torch.aminmax(y))
         if lo < 0 or hi > 1:
             raise ValueError(
@@ -641,14 +647,17 @@ def compute_bin_stats(
     extra memory stays bounded. CUDA tensors use the chunked torch path.
     """
     check_num_bins(num_bins)
-    validate_pair(y_pred, y, check_range=False)
-    kern = _use_kernels(y_pred, y, num_bins)
+    tensors = isinstance(y_pred, torch.Tensor) and isinstance(y, torch.Tensor)
+    kern = _use_kernels(y_pred, y, num_bins) if tensors else None
+    # the kernels count integer targets outside [0, 1]: no separate min/max pass for them
+    validate_pair(y_pred, y, check_range=False, check_int=kern is None)
     if kern is None or y_pred.numel() == 0:
         return _compute_bin_stats_torch(y_pred, y, num_bins, right, soft, chunk_size, validate)
     if not y_pred.is_floating_point():
         raise ValueError(f"y_pred must be a floating-point tensor, got {y_pred.dtype}.")
     stats, bad_p, bad_y = _kernel_bin_stats(kern, y_pred, y, num_bins, right, soft, chunk_size)
-    if validate and (bad_p or (bad_y and y.is_floating_point())):
-        validate_pair(y_pred, y)  # raises with the precise message
+    int_y = y.dtype != torch.bool and not y.is_floating_point()
+    if (validate and (bad_p or bad_y)) or (int_y and bad_y):
+        validate_pair(y_pred, y, check_range=validate)  # raises with the precise message
         raise ValueError("y_pred and y must lie in [0, 1] and contain no NaN.")
     return stats
