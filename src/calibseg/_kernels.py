@@ -6,8 +6,8 @@ of compilation), every input reaches a kernel as a *source* of one fixed type (s
 :func:`float_source`, :func:`half_source`, :func:`byte_source`): a 1-D contiguous view of the
 tensor's storage with its element strides and a kind flag chosen at run time: float32/float64
 values read as stored; float16/bfloat16 as their 16-bit patterns widened through a
-65,536-entry float32 table; bool and integer targets (already checked to be 0 or 1) as the
-low byte of each element. The only compile-time choices left are the float dtypes of the
+65,536-entry float32 table; bool and integer targets as unsigned integers of their width
+(a value other than 0 or 1 is read as 2 and counted as out of range). The only compile-time choices left are the float dtypes of the
 probabilities and of the targets (float32 or float64), so a kernel has at most four
 specialisations. Contiguous voxel runs are sliced directly (vectorised loops), strided ones
 staged into a small scratch tile in L1.
@@ -32,7 +32,6 @@ sub-histograms so that consecutive voxels in the same bin do not serialise on on
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -67,31 +66,28 @@ HALF_TABLES = {
     "bfloat16": (np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)).view(np.float32),
 }
 _NONE = {dt: np.zeros(0, dt) for dt in (np.float32, np.float64, np.uint16, np.uint8)}
-# offset of the low byte of a multi-byte integer
-_LOW_BYTE_LAST = sys.byteorder != "little"
 
 
 def float_source(values: np.ndarray, strides: tuple[int, int, int]) -> tuple:
     """A kernel source of float32/float64 values: ``values`` a 1-D contiguous array whose
     element ``b sb + c sc + i sn`` is the value at ``[b, c, i]`` (strides in elements)."""
-    return (values, _NONE[np.uint16], _NONE[np.uint8], _NONE[np.float32], FLOAT, 0, 1, *strides)
+    return (values, _NONE[np.uint16], _NONE[np.uint8], _NONE[np.float32], FLOAT, 1, *strides)
 
 
 def half_source(bits: np.ndarray, kind: str, strides: tuple[int, int, int]) -> tuple:
     """A kernel source of float16/bfloat16 values given as 16-bit patterns (1-D uint16
     ``bits``, strides in elements); ``kind`` is ``"float16"`` or ``"bfloat16"``."""
-    return (_NONE[np.float32], bits, _NONE[np.uint8], HALF_TABLES[kind], HALF, 0, 1, *strides)
+    return (_NONE[np.float32], bits, _NONE[np.uint8], HALF_TABLES[kind], HALF, 2, *strides)
 
 
 def byte_source(data: np.ndarray, itemsize: int, strides: tuple[int, int, int]) -> tuple:
-    """A kernel source of bool or integer values: ``data`` the 1-D uint8 bytes of the storage,
-    ``itemsize`` the bytes per element, ``strides`` in elements. An element reads as its low
-    byte when its other bytes are zero, else as 2 (outside [0, 1]: counted as a bad value), so
-    every value outside {0, ..., 255} is caught without a separate range pass."""
-    off = itemsize - 1 if _LOW_BYTE_LAST else 0
-    sb, sc, sn = (s * itemsize for s in strides)
+    """A kernel source of bool or integer values: ``data`` the 1-D uint8 bytes of the storage
+    (a whole number of elements), ``itemsize`` the bytes per element (1, 2, 4 or 8),
+    ``strides`` in elements. Elements are read as unsigned integers of their width; a value
+    above 1 (including any negative one) is read as 2, outside [0, 1], and counted as a bad
+    value, so no separate range pass is needed."""
     nf, nh = _NONE[np.float32], _NONE[np.uint16]
-    return (nf, nh, data, nf, BYTE, off, itemsize, sb, sc, sn)
+    return (nf, nh, data, nf, BYTE, itemsize, *strides)
 
 
 def dest(values: np.ndarray, strides: tuple[int, int, int]) -> tuple:
@@ -105,11 +101,19 @@ def no_dest(dtype) -> tuple:
 
 
 @njit(inline="always")
+def _stage_wide(a, o, sn, tn, scratch):
+    """Multi-byte integers ``a[o + i sn]``: the value if 0 or 1, else 2."""
+    for i in range(tn):
+        v = a[o + i * sn]
+        scratch[i] = v if v <= 1 else 2
+
+
+@njit(inline="always")
 def stage(src, b, c, t0, tn, scratch):
     """Values ``[b, c, t0 : t0 + tn]`` of a source as a contiguous 1-D array: a slice of the
     source itself when it holds floats with unit voxel stride, else ``scratch[:tn]`` filled
     with them (widened through the half table, or read from bytes)."""
-    f, h, u, table, kind, off, width, sb, sc, sn = src
+    f, h, u, table, kind, width, sb, sc, sn = src
     o = b * sb + c * sc + t0 * sn
     if kind == 0:
         if sn == 1:
@@ -130,14 +134,12 @@ def stage(src, b, c, t0, tn, scratch):
         else:
             for i in range(tn):
                 scratch[i] = u[o + i * sn]
-    else:  # multi-byte integers: the low byte, or 2 if any other byte is set
-        for i in range(tn):
-            e = o + i * sn
-            low = np.int64(u[e + off])
-            total = np.int64(0)
-            for j in range(width):
-                total += u[e + j]
-            scratch[i] = low if total == low else 2
+    elif width == 2:
+        _stage_wide(u.view(np.uint16), o, sn, tn, scratch)
+    elif width == 4:
+        _stage_wide(u.view(np.uint32), o, sn, tn, scratch)
+    else:
+        _stage_wide(u.view(np.uint64), o, sn, tn, scratch)
     return scratch[:tn]
 
 

@@ -326,7 +326,7 @@ def _kernel_array(kern: ModuleType, t: torch.Tensor) -> tuple | None:
     """``(source, dims)``: a kernel source reading ``t``'s own storage in place (no copy, any
     strides) as ``[B, C, N]``, and ``dims = (B, C, N)``; None when the spatial dims of ``t``
     cannot be merged into one stride. Float32/float64 are read as stored, float16/bfloat16 as
-    16-bit patterns, bool and integers (0/1 targets) as their low bytes.
+    16-bit patterns, bool and integers as unsigned integers of their width.
     """
     b, c = t.shape[:2]
     try:

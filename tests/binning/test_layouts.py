@@ -155,7 +155,7 @@ def test_inputs_are_read_in_place_without_copies(monkeypatch) -> None:
 
     def spy(kern, t):
         out = real(kern, t)
-        src = out[0]  # (floats, half bits, bytes, table, kind, low byte, width, *strides)
+        src = out[0]  # (floats, half bits, bytes, table, kind, width, *strides)
         data = src[src[4]]  # the array of the source's kind
         assert data.size > 0 and all(a.size == 0 for i, a in enumerate(src[:3]) if i != src[4])
         seen.append((t.data_ptr(), data.__array_interface__["data"][0]))
@@ -180,8 +180,9 @@ def test_inputs_are_read_in_place_without_copies(monkeypatch) -> None:
     ],
 )
 def test_integer_targets_outside_0_1_are_refused_in_any_layout(dtype, bad: int) -> None:
-    """The kernel reads integer targets byte-wise; a value whose low byte is 0 or 1 but which
-    is not (256, 257, or -1 in two's complement) is still refused, with or without validate."""
+    """The kernel reads integer targets itself (no min/max pass); a value whose low byte is 0 or
+    1 but which is not (256, 257, or -1 in two's complement) is refused too, with or without
+    validate."""
     p, labels = _realistic((1, 3, 12, 10, 8), seed=5)
     y = F.one_hot(labels, 3).movedim(-1, 1).to(dtype)  # channel-last view
     y[0, 1, 4, 5, 6] = bad
