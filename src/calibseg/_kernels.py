@@ -5,11 +5,12 @@ place, never copied. To keep the number of compiled specialisations small (each 
 of compilation), every input reaches a kernel as a *source* of one fixed type (see
 :func:`float_source`, :func:`half_source`, :func:`byte_source`): a 1-D contiguous view of the
 tensor's storage with its element strides and a kind flag chosen at run time: float32/float64
-values read as stored; float16/bfloat16 as their 16-bit patterns widened through a
-65,536-entry float32 table; bool and integer targets as unsigned integers of their width
-(a value other than 0 or 1 is read as 2 and counted as out of range). The only compile-time choices left are the float dtypes of the
-probabilities and of the targets (float32 or float64), so a kernel has at most four
-specialisations. Contiguous voxel runs are sliced directly (vectorised loops), strided ones
+values and one-byte targets (bool, uint8, int8) read as stored; float16/bfloat16 as their
+16-bit patterns widened through a 65,536-entry float32 table; wider integer targets as unsigned
+integers of their width (a value other than 0 or 1 is read as 2 and counted as out of range).
+The only compile-time choices left are the dtype of the probabilities (float32 or float64) and
+the one the targets are read in (float32, float64 or uint8): at most six specialisations per
+kernel. Contiguous voxel runs are sliced directly (vectorised loops), strided ones
 staged into a small scratch tile in L1.
 
 The kernels are serial, GIL-free numba functions over a range of units of (image, block of
@@ -58,7 +59,7 @@ _LOCK = threading.Lock()
 
 # kinds of source (a run-time flag, not a compile-time type); also the index of the array
 # the source reads in its tuple
-FLOAT, HALF, BYTE = 0, 1, 2
+DIRECT, HALF, BYTE = 0, 1, 2
 
 # 16-bit patterns → float32 values (exact)
 HALF_TABLES = {
@@ -71,7 +72,7 @@ _NONE = {dt: np.zeros(0, dt) for dt in (np.float32, np.float64, np.uint16, np.ui
 def float_source(values: np.ndarray, strides: tuple[int, int, int]) -> tuple:
     """A kernel source of float32/float64 values: ``values`` a 1-D contiguous array whose
     element ``b sb + c sc + i sn`` is the value at ``[b, c, i]`` (strides in elements)."""
-    return (values, _NONE[np.uint16], _NONE[np.uint8], _NONE[np.float32], FLOAT, 1, *strides)
+    return (values, _NONE[np.uint16], _NONE[np.uint8], _NONE[np.float32], DIRECT, 1, *strides)
 
 
 def half_source(bits: np.ndarray, kind: str, strides: tuple[int, int, int]) -> tuple:
@@ -83,11 +84,13 @@ def half_source(bits: np.ndarray, kind: str, strides: tuple[int, int, int]) -> t
 def byte_source(data: np.ndarray, itemsize: int, strides: tuple[int, int, int]) -> tuple:
     """A kernel source of bool or integer values: ``data`` the 1-D uint8 bytes of the storage
     (a whole number of elements), ``itemsize`` the bytes per element (1, 2, 4 or 8),
-    ``strides`` in elements. Elements are read as unsigned integers of their width; a value
-    above 1 (including any negative one) is read as 2, outside [0, 1], and counted as a bad
-    value, so no separate range pass is needed."""
+    ``strides`` in elements. One-byte values are read as stored (uint8); wider ones as unsigned
+    integers of their width, a value above 1 (including any negative one) becoming 2, outside
+    [0, 1], so that it is counted as a bad value without a separate range pass."""
     nf, nh = _NONE[np.float32], _NONE[np.uint16]
-    return (nf, nh, data, nf, BYTE, itemsize, *strides)
+    if itemsize == 1:
+        return (data, nh, _NONE[np.uint8], nf, DIRECT, 1, *strides)
+    return (_NONE[np.uint8], nh, data, nf, BYTE, itemsize, *strides)
 
 
 def dest(values: np.ndarray, strides: tuple[int, int, int]) -> tuple:
@@ -104,7 +107,7 @@ def no_dest(dtype) -> tuple:
 def _stage_wide(a, o, sn, tn, scratch):
     """Multi-byte integers ``a[o + i sn]``: the value if 0 or 1, else 2."""
     for i in range(tn):
-        v = a[o + i * sn]
+        v = a[np.uintp(o + i * sn)]
         scratch[i] = v if v <= 1 else 2
 
 
@@ -112,35 +115,37 @@ def _stage_wide(a, o, sn, tn, scratch):
 def stage(src, b, c, t0, tn, scratch):
     """Values ``[b, c, t0 : t0 + tn]`` of a source as a contiguous 1-D array: a slice of the
     source itself when it holds floats with unit voxel stride, else ``scratch[:tn]`` filled
-    with them (widened through the half table, or read from bytes)."""
-    f, h, u, table, kind, width, sb, sc, sn = src
+    with them by :func:`gather` (a call, so that each kernel inlines only the fast path)."""
+    f = src[0]
+    sb, sc, sn = src[-3], src[-2], src[-1]
     o = b * sb + c * sc + t0 * sn
+    if src[4] == 0 and sn == 1:
+        return f[o : o + tn]
+    gather(src, o, tn, scratch)
+    return scratch[:tn]
+
+
+@njit(nogil=True)
+def gather(src, o, tn, scratch):
+    """Fill ``scratch[:tn]`` with the values of a source from element ``o`` on (strided values
+    read as stored, half patterns widened through the table, multi-byte integers)."""
+    f, h, u, table, kind, width, sb, sc, sn = src
     if kind == 0:
-        if sn == 1:
-            return f[o : o + tn]
         for i in range(tn):
-            scratch[i] = f[o + i * sn]
+            scratch[i] = f[np.uintp(o + i * sn)]
     elif kind == 1:
         if sn == 1:
             for i in range(tn):
-                scratch[i] = table[h[o + i]]
+                scratch[i] = table[h[np.uintp(o + i)]]
         else:
             for i in range(tn):
-                scratch[i] = table[h[o + i * sn]]
-    elif width == 1:
-        if sn == 1:
-            for i in range(tn):
-                scratch[i] = u[o + i]
-        else:
-            for i in range(tn):
-                scratch[i] = u[o + i * sn]
+                scratch[i] = table[h[np.uintp(o + i * sn)]]
     elif width == 2:
         _stage_wide(u.view(np.uint16), o, sn, tn, scratch)
     elif width == 4:
         _stage_wide(u.view(np.uint32), o, sn, tn, scratch)
     else:
         _stage_wide(u.view(np.uint64), o, sn, tn, scratch)
-    return scratch[:tn]
 
 
 @njit(inline="always")
@@ -150,10 +155,10 @@ def store(dst, b, c, t0, tn, vals):
     o = b * sb + c * sc + t0 * sn
     if sn == 1:
         for i in range(tn):
-            f[o + i] = vals[i]
+            f[np.uintp(o + i)] = vals[i]
     else:
         for i in range(tn):
-            f[o + i * sn] = vals[i]
+            f[np.uintp(o + i * sn)] = vals[i]
 
 
 def hard_edges(num_bins: int, upper_edges32: np.ndarray, right: bool) -> tuple[np.ndarray, ...]:
