@@ -5,7 +5,7 @@ field scaled so that most voxels are near 0 or 1) with one-hot targets built as 
 (``one_hot(labels).movedim(-1, 1)``: a channel-last view) and contiguously, in every target
 dtype, and predictions stored channel-last or in half precision; uniform random data is one row.
 Every row gives the one-thread CPU time of ``calibseg.binning.compute_bin_stats`` (the stable
-figure on a shared machine: ``time.thread_time``) beside its wall time, MONAI 1.6.1's
+figure on a shared machine: ``time.process_time``) beside its wall time, MONAI 1.6.1's
 ``calibration_binning`` on the same tensors, and the ratios to MONAI and to the contiguous
 float32 row, all measured in this one run (min over repeats). Counts are checked against
 MONAI's on every row before timing. Then wall-time scaling over ``--threads``, and the cold
