@@ -5,7 +5,7 @@ field scaled so that most voxels are near 0 or 1) with one-hot targets built as 
 (``one_hot(labels).movedim(-1, 1)``: a channel-last view) and contiguously, in every target
 dtype, and predictions stored channel-last or in half precision; uniform random data is one row.
 Every row gives the one-thread CPU time of ``calibseg.binning.compute_bin_stats`` (the stable
-figure on a shared machine: ``time.thread_time``) beside its wall time, MONAI 1.6.1's
+figure on a shared machine: ``time.process_time``) beside its wall time, MONAI 1.6.1's
 ``calibration_binning`` on the same tensors, and the ratios to MONAI and to the contiguous
 float32 row, all measured in this one run (min over repeats). Counts are checked against
 MONAI's on every row before timing. Then wall-time scaling over ``--threads``, and the cold
@@ -37,13 +37,13 @@ def _min_time(fn, repeats: int) -> float:
 
 
 def _min_cpu_time(fn, repeats: int) -> float:
-    """Min CPU time of the calling thread (one-thread runs: robust to other processes)."""
+    """Min CPU time of the process (one-thread runs: robust to other processes)."""
     fn()
     best = float("inf")
     for _ in range(repeats):
-        t = time.thread_time()
+        t = time.process_time()
         fn()
-        best = min(best, time.thread_time() - t)
+        best = min(best, time.process_time() - t)
     return best
 
 
@@ -96,7 +96,7 @@ def bench_layouts(shape, repeats: int) -> None:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    print(f"\ncompute_bin_stats on {list(shape)}, 20 bins, ONE thread: CPU time (thread_time,")
+    print(f"\ncompute_bin_stats on {list(shape)}, 20 bins, ONE thread: CPU time (process_time,")
     print("stable on a shared machine) and wall time, ms; min over repeats; counts == MONAI's")
     head = f"{'input':<40}{'CPU':>7}{'wall':>7}{'MONAI CPU':>10}{'MONAI/ours':>11}{'/contig':>9}"
     print(head)

@@ -1,14 +1,26 @@
 """Numba CPU kernels behind :mod:`calibseg.binning` (imported lazily, compiled once, cached on disk).
 
-All kernels read ``[B, C, N]`` arrays (B images, C classes, N voxels) **of any strides**: numpy
-views of the caller's tensors (channel-first, channel-last, sliced …), never copies. Half
-precision values (float16, bfloat16) arrive as their 16-bit patterns (uint16) and are widened
-through a 65,536-entry float32 table; other dtypes are read as they are. Work is split into
-units of (image, block of voxels), run in parallel; each unit visits its voxels in spans and,
-inside a span, every class before moving on, so a channel-last tensor is read in its memory
-order (all classes of a voxel from the same cache lines) and a channel-first one row by row.
-Each unit fills its own histograms, which are reduced at the end (no atomics, no shared
-writes).
+All kernels read ``[B, C, N]`` data (B images, C classes, N voxels) **of any strides** in
+place, never copied. To keep the number of compiled specialisations small (each costs seconds
+of compilation), every input reaches a kernel as a *source* of one fixed type (see
+:func:`float_source`, :func:`half_source`, :func:`byte_source`): a 1-D contiguous view of the
+tensor's storage with its element strides and a kind flag chosen at run time: float32/float64
+values and one-byte targets (bool, uint8, int8) read as stored; float16/bfloat16 as their
+16-bit patterns widened through a 65,536-entry float32 table; wider integer targets as unsigned
+integers of their width (a value other than 0 or 1 is read as 2 and counted as out of range).
+The only compile-time choices left are the dtype of the probabilities (float32 or float64) and
+the one the targets are read in (float32, float64 or uint8): at most six specialisations per
+kernel. Contiguous voxel runs are sliced directly (vectorised loops), strided ones
+staged into a small scratch tile in L1.
+
+The kernels are serial, GIL-free numba functions over a range of units of (image, block of
+voxels); :func:`run` spreads the units over a thread pool of this process (torch's thread
+count; one thread for small inputs). Serial kernels compile about three times faster than
+``parallel=True`` ones and start no OpenMP pool, so a forked child (a DataLoader worker) runs
+them too. Each unit visits its voxels in spans and, inside a span, every class before moving
+on, so a channel-last tensor is read in its memory order (all classes of a voxel from the same
+cache lines) and a channel-first one row by row. Each unit fills its own histograms, which are
+summed at the end (no atomics, no shared writes).
 
 Hard binning gives indices equal to ``torch.bucketize`` on float32 values bit for bit. Up to
 ``NARROW_BINS`` bins, the bin is ``floor(p K)`` computed in loops over tiles of ``TILE``
@@ -22,6 +34,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -32,9 +45,8 @@ if not os.environ.get("NUMBA_CACHE_DIR") and not os.access(os.path.dirname(__fil
         os.path.expanduser("~"), ".cache", "calibseg", "numba"
     )
 
-import numba  # noqa: E402
-from numba import njit, prange, types  # noqa: E402
-from numba.extending import overload  # noqa: E402
+import torch  # noqa: E402
+from numba import njit  # noqa: E402
 
 LANES = 4
 LANES2 = 2  # sub-histograms of the narrow hard kernel
@@ -45,53 +57,108 @@ BLOCK = 1 << 16  # values (voxels × classes) per parallel unit
 SMALL = 1 << 15  # values below which a kernel runs on one thread
 _LOCK = threading.Lock()
 
-# 16-bit patterns → float32 values (exact): float16, bfloat16 and uint16 integers
+# kinds of source (a run-time flag, not a compile-time type); also the index of the array
+# the source reads in its tuple
+DIRECT, HALF, BYTE = 0, 1, 2
+
+# 16-bit patterns → float32 values (exact)
 HALF_TABLES = {
     "float16": np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32),
     "bfloat16": (np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)).view(np.float32),
-    "uint16": np.arange(1 << 16, dtype=np.float32),
 }
+_NONE = {dt: np.zeros(0, dt) for dt in (np.float32, np.float64, np.uint16, np.uint8)}
 
 
-def no_table(dtype) -> np.ndarray:
-    """The table argument for arrays read as stored: an empty array of their dtype (the dtype
-    of the scratch tiles they are staged into when strided)."""
-    return np.zeros(0, dtype)
+def float_source(values: np.ndarray, strides: tuple[int, int, int]) -> tuple:
+    """A kernel source of float32/float64 values: ``values`` a 1-D contiguous array whose
+    element ``b sb + c sc + i sn`` is the value at ``[b, c, i]`` (strides in elements)."""
+    return (values, _NONE[np.uint16], _NONE[np.uint8], _NONE[np.float32], DIRECT, 1, *strides)
 
 
-def stage(src, scratch, table):
-    """A contiguous 1-D array of the values of ``src``: ``src`` itself when it is contiguous
-    and read as stored, else ``scratch[:len(src)]`` filled with them (widened through
-    ``table`` for 16-bit patterns)."""
-    n = src.shape[0]
-    if src.dtype == np.uint16:
-        scratch[:n] = table[src]
+def half_source(bits: np.ndarray, kind: str, strides: tuple[int, int, int]) -> tuple:
+    """A kernel source of float16/bfloat16 values given as 16-bit patterns (1-D uint16
+    ``bits``, strides in elements); ``kind`` is ``"float16"`` or ``"bfloat16"``."""
+    return (_NONE[np.float32], bits, _NONE[np.uint8], HALF_TABLES[kind], HALF, 2, *strides)
+
+
+def byte_source(data: np.ndarray, itemsize: int, strides: tuple[int, int, int]) -> tuple:
+    """A kernel source of bool or integer values: ``data`` the 1-D uint8 bytes of the storage
+    (a whole number of elements), ``itemsize`` the bytes per element (1, 2, 4 or 8),
+    ``strides`` in elements. One-byte values are read as stored (uint8); wider ones as unsigned
+    integers of their width, a value above 1 (including any negative one) becoming 2, outside
+    [0, 1], so that it is counted as a bad value without a separate range pass."""
+    nf, nh = _NONE[np.float32], _NONE[np.uint16]
+    if itemsize == 1:
+        return (data, nh, _NONE[np.uint8], nf, DIRECT, 1, *strides)
+    return (_NONE[np.uint8], nh, data, nf, BYTE, itemsize, *strides)
+
+
+def dest(values: np.ndarray, strides: tuple[int, int, int]) -> tuple:
+    """A kernel destination (gradients): 1-D contiguous ``values``, strides in elements."""
+    return (values, *strides)
+
+
+def no_dest(dtype) -> tuple:
+    """An unused destination of ``dtype`` (float32/float64)."""
+    return (_NONE[np.dtype(dtype).type], 0, 0, 0)
+
+
+@njit(inline="always")
+def _stage_wide(a, o, sn, tn, scratch):
+    """Multi-byte integers ``a[o + i sn]``: the value if 0 or 1, else 2."""
+    for i in range(tn):
+        v = a[np.uintp(o + i * sn)]
+        scratch[i] = v if v <= 1 else 2
+
+
+@njit(inline="always")
+def stage(src, b, c, t0, tn, scratch):
+    """Values ``[b, c, t0 : t0 + tn]`` of a source as a contiguous 1-D array: a slice of the
+    source itself when it holds floats with unit voxel stride, else ``scratch[:tn]`` filled
+    with them by :func:`gather` (a call, so that each kernel inlines only the fast path)."""
+    f = src[0]
+    sb, sc, sn = src[-3], src[-2], src[-1]
+    o = b * sb + c * sc + t0 * sn
+    if src[4] == 0 and sn == 1:
+        return f[o : o + tn]
+    gather(src, o, tn, scratch)
+    return scratch[:tn]
+
+
+@njit(nogil=True)
+def gather(src, o, tn, scratch):
+    """Fill ``scratch[:tn]`` with the values of a source from element ``o`` on (strided values
+    read as stored, half patterns widened through the table, multi-byte integers)."""
+    f, h, u, table, kind, width, sb, sc, sn = src
+    if kind == 0:
+        for i in range(tn):
+            scratch[i] = f[np.uintp(o + i * sn)]
+    elif kind == 1:
+        if sn == 1:
+            for i in range(tn):
+                scratch[i] = table[h[np.uintp(o + i)]]
+        else:
+            for i in range(tn):
+                scratch[i] = table[h[np.uintp(o + i * sn)]]
+    elif width == 2:
+        _stage_wide(u.view(np.uint16), o, sn, tn, scratch)
+    elif width == 4:
+        _stage_wide(u.view(np.uint32), o, sn, tn, scratch)
     else:
-        scratch[:n] = src
-    return scratch[:n]
+        _stage_wide(u.view(np.uint64), o, sn, tn, scratch)
 
 
-@overload(stage, inline="always")
-def _stage_impl(src, scratch, table):
-    if isinstance(src, types.Array) and src.dtype == types.uint16:
-
-        def widen(src, scratch, table):
-            n = src.shape[0]
-            for i in range(n):
-                scratch[i] = table[src[i]]
-            return scratch[:n]
-
-        return widen
-    if isinstance(src, types.Array) and src.layout == "C":
-        return lambda src, scratch, table: src
-
-    def gather(src, scratch, table):
-        n = src.shape[0]
-        for i in range(n):
-            scratch[i] = src[i]
-        return scratch[:n]
-
-    return gather
+@njit(inline="always")
+def store(dst, b, c, t0, tn, vals):
+    """Write ``vals[:tn]`` to ``[b, c, t0 : t0 + tn]`` of a destination."""
+    f, sb, sc, sn = dst
+    o = b * sb + c * sc + t0 * sn
+    if sn == 1:
+        for i in range(tn):
+            f[np.uintp(o + i)] = vals[i]
+    else:
+        for i in range(tn):
+            f[np.uintp(o + i * sn)] = vals[i]
 
 
 def hard_edges(num_bins: int, upper_edges32: np.ndarray, right: bool) -> tuple[np.ndarray, ...]:
@@ -132,19 +199,45 @@ def block_voxels(n_classes: int) -> int:
     return max(TILE, (BLOCK // max(n_classes, 1)) // TILE * TILE)
 
 
-def hard_hist(p, y, tp, ty, lo, hi, cnt_out, sp_out, sy_out, span):
-    """Accumulate hard-binning counts and sums of ``p, y [B, C, N]`` into ``cnt_out`` (int64),
-    ``sp_out`` (float64) and ``sy_out`` (int64 for integer targets, else float64),
-    ``[B, C, K]``. ``tp``/``ty``: half tables (or :func:`no_table`); ``span``: voxels of one
-    class visited before the next class (:data:`TILE` for channel-last data).
+def _partials(dims, k: int, block: int, wdtype) -> tuple:
+    """Per-unit histograms ``[units, C, K]`` (weight, sum_p, sum_y) and bad counts ``[units, 2]``."""
+    nb = (dims[2] + block - 1) // block
+    units = dims[0] * nb
+    return (
+        np.zeros((units, dims[1], k), wdtype),
+        np.zeros((units, dims[1], k), np.float64),
+        np.zeros((units, dims[1], k), np.float64),
+        np.zeros((units, 2), np.int64),
+    )
+
+
+def _reduce(parts: tuple, dims, w_out, sp_out, sy_out) -> tuple[int, int]:
+    """Add the per-unit histograms to the ``[B, C, K]`` outputs; the bad-value counts."""
+    pw, pp, py, bad = parts
+    shape = (dims[0], -1, *pw.shape[1:])
+    w_out += pw.reshape(shape).sum(1)
+    sp_out += pp.reshape(shape).sum(1)
+    sy_out += py.reshape(shape).sum(1)
+    return int(bad[:, 0].sum()), int(bad[:, 1].sum())
+
+
+def hard_hist(dims, p, y, lo, hi, cnt_out, sp_out, sy_out, span) -> tuple[int, int]:
+    """Accumulate hard-binning counts and sums of sources ``p, y`` of shape ``dims = (B, C, N)``
+    into ``cnt_out`` (int64), ``sp_out`` and ``sy_out`` (float64), ``[B, C, K]``. ``lo``/``hi``:
+    :func:`hard_edges`; ``span``: voxels of one class visited before the next class
+    (:data:`TILE` for channel-last data).
 
     Returns the numbers of values of ``p`` and of ``y`` outside [0, 1] or NaN.
     """
-    block = block_voxels(p.shape[1])
-    if lo.shape[0] > NARROW_BINS:
-        return hard_hist_wide(p, y, tp, ty, lo, hi, cnt_out, sp_out, sy_out, block)
-    tau = guess_tolerance(hi)
-    return hard_hist_narrow(p, y, tp, ty, lo, hi, cnt_out, sp_out, sy_out, block, span, tau)
+    block = block_voxels(dims[1])
+    k = lo.shape[0]
+    parts = _partials(dims, k, block, np.int64)
+    if k > NARROW_BINS:
+        run(hard_hist_wide, dims, block, p, y, lo, hi, *parts, block)
+    else:
+        tau = guess_tolerance(hi)
+        run(hard_hist_narrow, dims, block, p, y, lo, hi, *parts, block, span, tau)
+    return _reduce(parts, dims, cnt_out, sp_out, sy_out)
 
 
 def guess_tolerance(hi: np.ndarray) -> np.float32:
@@ -162,8 +255,8 @@ def guess_tolerance(hi: np.ndarray) -> np.float32:
     return np.float32(tau if tau <= TAU else 0.0)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def hard_hist_narrow(p, y, tp, ty, lo, hi, cnt_out, sp_out, sy_out, block, span, tau):
+@njit(cache=True, nogil=True)
+def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, block, span, tau):
     """:func:`hard_hist` for up to :data:`NARROW_BINS` bins, one pass over the data.
 
     Per tile of ``TILE`` voxels of one class (staged contiguously in L1 when strided),
@@ -173,27 +266,22 @@ def hard_hist_narrow(p, y, tp, ty, lo, hi, cnt_out, sp_out, sy_out, block, span,
     ``2 LANES K`` slots, from which counts, target sums and probability sums are read. Tiles
     with non-binary targets add their targets separately.
     """
-    n_img, n_cls, n = p.shape
+    n_img, n_cls, n = dims
     k = lo.shape[0]
     k2 = 2 * k
     kf = np.float32(k)
     kmax = np.float32(k - 1)
     nb = (n + block - 1) // block
-    units = n_img * nb
-    part_c = np.zeros((units, n_cls, k), np.int64)
-    part_p = np.zeros((units, n_cls, k), np.float64)
-    part_y = np.zeros((units, n_cls, k), sy_out.dtype)
-    bad = np.zeros((units, 2), np.int64)
-    for u in prange(units):
+    for u in range(u0, u1):
         b = u // nb
         s = (u % nb) * block
         e = min(s + block, n)
         hc = np.zeros((n_cls, LANES2 * k2), np.int64)
         hp = np.zeros((n_cls, LANES2 * k2), np.float64)
-        hy = np.zeros((n_cls, k), sy_out.dtype)
+        hy = np.zeros((n_cls, k), np.float64)
         idx = np.empty(TILE, np.uint8)
-        ps = np.empty(TILE, tp.dtype)
-        ys = np.empty(TILE, ty.dtype)
+        ps = np.empty(TILE, p[0].dtype)
+        ys = np.empty(TILE, y[0].dtype)
         bp = 0
         by = 0
         for s0 in range(s, e, span):
@@ -205,8 +293,8 @@ def hard_hist_narrow(p, y, tp, ty, lo, hi, cnt_out, sp_out, sy_out, block, span,
                 for t0 in range(s0, e0, TILE):
                     t1 = min(t0 + TILE, e0)
                     tn = t1 - t0
-                    pt = stage(p[b, c, t0:t1], ps, tp)
-                    yt = stage(y[b, c, t0:t1], ys, ty)
+                    pt = stage(p, b, c, t0, tn, ps)
+                    yt = stage(y, b, c, t0, tn, ys)
                     nonbin = 0
                     if tau > 0:
                         near = 0
@@ -269,24 +357,10 @@ def hard_hist_narrow(p, y, tp, ty, lo, hi, cnt_out, sp_out, sy_out, block, span,
                 part_y[u, c, j] += hy[c, j]
         bad[u, 0] = bp
         bad[u, 1] = by
-    _reduce(part_c, part_p, part_y, nb, cnt_out, sp_out, sy_out)
-    return bad[:, 0].sum(), bad[:, 1].sum()
 
 
-@njit(inline="always")
-def _reduce(part_w, part_p, part_y, nb, w_out, sp_out, sy_out):
-    units, n_cls, k = part_w.shape
-    for u in range(units):
-        b = u // nb
-        for c in range(n_cls):
-            for j in range(k):
-                w_out[b, c, j] += part_w[u, c, j]
-                sp_out[b, c, j] += part_p[u, c, j]
-                sy_out[b, c, j] += part_y[u, c, j]
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def hard_hist_wide(p, y, tp, ty, lo, hi, cnt_out, sp_out, sy_out, block):
+@njit(cache=True, nogil=True)
+def hard_hist_wide(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, block):
     """:func:`hard_hist` for more than :data:`NARROW_BINS` bins (bucketize by guess + gather),
     class by class within a block (one histogram of ``LANES K`` slots at a time).
 
@@ -295,19 +369,14 @@ def hard_hist_wide(p, y, tp, ty, lo, hi, cnt_out, sp_out, sy_out, block):
     ``y - (y != 0)`` to a separate target sum. Returns the numbers of values of ``p`` and of
     ``y`` outside [0, 1] or NaN.
     """
-    n_img, n_cls, n = p.shape
+    n_img, n_cls, n = dims
     k = lo.shape[0]
     kf = np.float32(k)
     kmax = np.float32(k - 1)
     nb = (n + block - 1) // block
-    units = n_img * nb
-    part_c = np.zeros((units, n_cls, k), np.int64)
-    part_p = np.zeros((units, n_cls, k), np.float64)
-    part_y = np.zeros((units, n_cls, k), sy_out.dtype)
-    bad = np.zeros((units, 2), np.int64)
     one = np.int64(1)
     hib = np.int64(1 << 32)
-    for u in prange(units):
+    for u in range(u0, u1):
         b = u // nb
         s = (u % nb) * block
         e = min(s + block, n)
@@ -315,9 +384,9 @@ def hard_hist_wide(p, y, tp, ty, lo, hi, cnt_out, sp_out, sy_out, block):
         by = 0
         hc = np.zeros(LANES * k, np.int64)
         hp = np.zeros(LANES * k, np.float64)
-        hy = np.zeros(k, sy_out.dtype)
-        ps = np.empty(TILE, tp.dtype)
-        ys = np.empty(TILE, ty.dtype)
+        hy = np.zeros(k, np.float64)
+        ps = np.empty(TILE, p[0].dtype)
+        ys = np.empty(TILE, y[0].dtype)
         for c in range(n_cls):
             hc[:] = 0
             hp[:] = 0.0
@@ -325,8 +394,8 @@ def hard_hist_wide(p, y, tp, ty, lo, hi, cnt_out, sp_out, sy_out, block):
             for t0 in range(s, e, TILE):
                 t1 = min(t0 + TILE, e)
                 m = t1 - t0
-                pt = stage(p[b, c, t0:t1], ps, tp)
-                yt = stage(y[b, c, t0:t1], ys, ty)
+                pt = stage(p, b, c, t0, m, ps)
+                yt = stage(y, b, c, t0, m, ys)
                 nonbin = 0
                 for i in range(m):
                     v = pt[i]
@@ -351,7 +420,7 @@ def hard_hist_wide(p, y, tp, ty, lo, hi, cnt_out, sp_out, sy_out, block):
                         w = yt[i]
                         j = _hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)
                         hy[j] += w
-                        hy[j] -= np.int64(w != 0)
+                        hy[j] -= np.float64(w != 0)
             for ln in range(LANES):
                 for j in range(k):
                     cc = hc[ln * k + j]
@@ -362,8 +431,6 @@ def hard_hist_wide(p, y, tp, ty, lo, hi, cnt_out, sp_out, sy_out, block):
                 part_y[u, c, j] += hy[j]
         bad[u, 0] = bp
         bad[u, 1] = by
-    _reduce(part_c, part_p, part_y, nb, cnt_out, sp_out, sy_out)
-    return bad[:, 0].sum(), bad[:, 1].sum()
 
 
 @njit(inline="always")
@@ -384,34 +451,32 @@ def _soft_split(v, inv_width, k):
     return lo, hi, fr, inside
 
 
-def soft_hist(p, y, tp, ty, inv_width, k, w_out, sp_out, sy_out, span):
-    """Soft binning: each value splits unit weight between the two bins whose centres
-    bracket it. Accumulates float64 ``w_out/sp_out/sy_out [B, C, K]``; returns the numbers of
-    values of ``p`` and ``y`` outside [0, 1] or NaN.
+def soft_hist(dims, p, y, inv_width, k, w_out, sp_out, sy_out, span) -> tuple[int, int]:
+    """Soft binning of sources ``p, y`` (shape ``dims``): each value splits unit weight between
+    the two bins whose centres bracket it. Accumulates float64 ``w_out/sp_out/sy_out
+    [B, C, K]``; returns the numbers of values of ``p`` and ``y`` outside [0, 1] or NaN.
     """
-    block = block_voxels(p.shape[1])
-    return soft_hist_kernel(p, y, tp, ty, inv_width, k, w_out, sp_out, sy_out, block, span)
+    block = block_voxels(dims[1])
+    parts = _partials(dims, k, block, np.float64)
+    run(soft_hist_kernel, dims, block, p, y, inv_width, k, *parts, block, span)
+    return _reduce(parts, dims, w_out, sp_out, sy_out)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def soft_hist_kernel(p, y, tp, ty, inv_width, k, w_out, sp_out, sy_out, block, span):
-    """:func:`soft_hist` on ``[B, C, N]`` arrays (two interleaved sub-histograms per class)."""
-    n_img, n_cls, n = p.shape
+@njit(cache=True, nogil=True)
+def soft_hist_kernel(u0, u1, dims, p, y, inv_width, k, part_w, part_p, part_y, bad, block, span):
+    """:func:`soft_hist` by (image, block of voxels) units (two interleaved sub-histograms per
+    class)."""
+    n_img, n_cls, n = dims
     nb = (n + block - 1) // block
-    units = n_img * nb
-    part_w = np.zeros((units, n_cls, k), np.float64)
-    part_p = np.zeros((units, n_cls, k), np.float64)
-    part_y = np.zeros((units, n_cls, k), np.float64)
-    bad = np.zeros((units, 2), np.int64)
-    for u in prange(units):
+    for u in range(u0, u1):
         b = u // nb
         s = (u % nb) * block
         e = min(s + block, n)
         hw = np.zeros((n_cls, 2 * k), np.float64)
         hp = np.zeros((n_cls, 2 * k), np.float64)
         hy = np.zeros((n_cls, 2 * k), np.float64)
-        ps = np.empty(TILE, tp.dtype)
-        ys = np.empty(TILE, ty.dtype)
+        ps = np.empty(TILE, p[0].dtype)
+        ys = np.empty(TILE, y[0].dtype)
         bp = 0
         by = 0
         for s0 in range(s, e, span):
@@ -422,8 +487,8 @@ def soft_hist_kernel(p, y, tp, ty, inv_width, k, w_out, sp_out, sy_out, block, s
                 hyc = hy[c]
                 for t0 in range(s0, e0, TILE):
                     t1 = min(t0 + TILE, e0)
-                    pt = stage(p[b, c, t0:t1], ps, tp)
-                    yt = stage(y[b, c, t0:t1], ys, ty)
+                    pt = stage(p, b, c, t0, t1 - t0, ps)
+                    yt = stage(y, b, c, t0, t1 - t0, ys)
                     for i in range(t1 - t0):
                         ln = np.uintp((i & 1) * k)
                         v = np.float64(pt[i])
@@ -448,30 +513,30 @@ def soft_hist_kernel(p, y, tp, ty, inv_width, k, w_out, sp_out, sy_out, block, s
                     part_y[u, c, j] += hy[c, ln * k + j]
         bad[u, 0] = bp
         bad[u, 1] = by
-    _reduce(part_w, part_p, part_y, nb, w_out, sp_out, sy_out)
-    return bad[:, 0].sum(), bad[:, 1].sum()
 
 
-def hard_grad(p, tp, lo, hi, g_sp, g_sy, gp, gy, want_y, span):
-    """Backward of hard binned sums on ``[B, C, N]`` arrays:
-    ``gp[i] = g_sp[bin(i)]``, ``gy[i] = g_sy[bin(i)]`` (tables ``[B, C, K]`` float64)."""
-    block = block_voxels(p.shape[1])
-    hard_grad_kernel(p, tp, lo, hi, g_sp, g_sy, gp, gy, want_y, block, span)
+def hard_grad(dims, p, lo, hi, g_sp, g_sy, gp, gy, want_y, span):
+    """Backward of hard binned sums for a source ``p`` of shape ``dims``: writes
+    ``gp[i] = g_sp[bin(i)]`` and (if ``want_y``) ``gy[i] = g_sy[bin(i)]`` to the destinations
+    ``gp``, ``gy`` (tables ``[B, C, K]`` float64)."""
+    block = block_voxels(dims[1])
+    run(hard_grad_kernel, dims, block, p, lo, hi, g_sp, g_sy, gp, gy, want_y, block, span)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def hard_grad_kernel(p, tp, lo, hi, g_sp, g_sy, gp, gy, want_y, block, span):
+@njit(cache=True, nogil=True)
+def hard_grad_kernel(u0, u1, dims, p, lo, hi, g_sp, g_sy, gp, gy, want_y, block, span):
     """:func:`hard_grad` by (image, block of voxels) units."""
-    n_img, n_cls, n = p.shape
+    n_img, n_cls, n = dims
     k = lo.shape[0]
     kf = np.float32(k)
     kmax = np.float32(k - 1)
     nb = (n + block - 1) // block
-    for u in prange(n_img * nb):
+    for u in range(u0, u1):
         b = u // nb
         s = (u % nb) * block
         e = min(s + block, n)
-        ps = np.empty(TILE, tp.dtype)
+        ps = np.empty(TILE, p[0].dtype)
+        gs = np.empty(TILE, gp[0].dtype)
         for s0 in range(s, e, span):
             e0 = min(s0 + span, e)
             for c in range(n_cls):
@@ -479,40 +544,45 @@ def hard_grad_kernel(p, tp, lo, hi, g_sp, g_sy, gp, gy, want_y, block, span):
                 tsy = g_sy[b, c]
                 for t0 in range(s0, e0, TILE):
                     t1 = min(t0 + TILE, e0)
-                    pt = stage(p[b, c, t0:t1], ps, tp)
-                    gpr = gp[b, c, t0:t1]
-                    for i in range(t1 - t0):
-                        gpr[i] = tsp[_hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)]
+                    tn = t1 - t0
+                    pt = stage(p, b, c, t0, tn, ps)
+                    for i in range(tn):
+                        gs[i] = tsp[_hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)]
+                    store(gp, b, c, t0, tn, gs)
                     if want_y:
-                        gyr = gy[b, c, t0:t1]
-                        for i in range(t1 - t0):
-                            gyr[i] = tsy[_hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)]
+                        for i in range(tn):
+                            gs[i] = tsy[_hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)]
+                        store(gy, b, c, t0, tn, gs)
 
 
-def soft_grad(p, y, tp, ty, inv_width, k, g_w, g_sp, g_sy, gp, gy, want_y, span):
-    """Backward of soft binned sums (exact derivative of the two-neighbour split) on
-    ``[B, C, N]`` arrays, tables ``g_* [B, C, K]`` float64.
+def soft_grad(dims, p, y, inv_width, k, g_w, g_sp, g_sy, gp, gy, want_y, span):
+    """Backward of soft binned sums (exact derivative of the two-neighbour split) for sources
+    ``p, y`` of shape ``dims``, tables ``g_* [B, C, K]`` float64, destinations ``gp, gy``.
 
     With ``a = 1 - f``, ``f`` the upper-bin share and ``df/dp = inv_width`` inside the
     bracket (0 where the split is clamped):
     ``gp = a g_sp[lo] + f g_sp[hi] + df/dp ((g_w[hi] - g_w[lo]) + p (g_sp[hi] - g_sp[lo])
     + y (g_sy[hi] - g_sy[lo]))``; ``gy = a g_sy[lo] + f g_sy[hi]``.
     """
-    block = block_voxels(p.shape[1])
-    soft_grad_kernel(p, y, tp, ty, inv_width, k, g_w, g_sp, g_sy, gp, gy, want_y, block, span)
+    block = block_voxels(dims[1])
+    args = (p, y, inv_width, k, g_w, g_sp, g_sy, gp, gy, want_y, block, span)
+    run(soft_grad_kernel, dims, block, *args)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def soft_grad_kernel(p, y, tp, ty, inv_width, k, g_w, g_sp, g_sy, gp, gy, want_y, block, span):
+@njit(cache=True, nogil=True)
+def soft_grad_kernel(
+    u0, u1, dims, p, y, inv_width, k, g_w, g_sp, g_sy, gp, gy, want_y, block, span
+):
     """:func:`soft_grad` by (image, block of voxels) units."""
-    n_img, n_cls, n = p.shape
+    n_img, n_cls, n = dims
     nb = (n + block - 1) // block
-    for u in prange(n_img * nb):
+    for u in range(u0, u1):
         b = u // nb
         s = (u % nb) * block
         e = min(s + block, n)
-        ps = np.empty(TILE, tp.dtype)
-        ys = np.empty(TILE, ty.dtype)
+        ps = np.empty(TILE, p[0].dtype)
+        ys = np.empty(TILE, y[0].dtype)
+        gs = np.empty(TILE, gp[0].dtype)
         for s0 in range(s, e, span):
             e0 = min(s0 + span, e)
             for c in range(n_cls):
@@ -521,10 +591,10 @@ def soft_grad_kernel(p, y, tp, ty, inv_width, k, g_w, g_sp, g_sy, gp, gy, want_y
                 tsy = g_sy[b, c]
                 for t0 in range(s0, e0, TILE):
                     t1 = min(t0 + TILE, e0)
-                    pt = stage(p[b, c, t0:t1], ps, tp)
-                    yt = stage(y[b, c, t0:t1], ys, ty)
-                    gpr = gp[b, c, t0:t1]
-                    for i in range(t1 - t0):
+                    tn = t1 - t0
+                    pt = stage(p, b, c, t0, tn, ps)
+                    yt = stage(y, b, c, t0, tn, ys)
+                    for i in range(tn):
                         v = np.float64(pt[i])
                         w = np.float64(yt[i])
                         lo, hi, fr, inside = _soft_split(v, inv_width, k)
@@ -534,31 +604,53 @@ def soft_grad_kernel(p, y, tp, ty, inv_width, k, g_w, g_sp, g_sy, gp, gy, want_y
                         gh = tsp[hi]
                         gyl = tsy[lo]
                         gyh = tsy[hi]
-                        gpr[i] = (
+                        gs[i] = (
                             a * gl
                             + fr * gh
                             + d * ((tw[hi] - tw[lo]) + v * (gh - gl) + w * (gyh - gyl))
                         )
+                    store(gp, b, c, t0, tn, gs)
                     if want_y:
-                        gyr = gy[b, c, t0:t1]
-                        for i in range(t1 - t0):
+                        for i in range(tn):
                             lo, hi, fr, _ = _soft_split(np.float64(pt[i]), inv_width, k)
-                            gyr[i] = (1.0 - fr) * tsy[lo] + fr * tsy[hi]
+                            gs[i] = (1.0 - fr) * tsy[lo] + fr * tsy[hi]
+                        store(gy, b, c, t0, tn, gs)
 
 
-def run(fn, *args):
-    """Call a kernel (first argument ``p [B, C, N]``) with the torch thread count (one
-    thread for small inputs, where waking a pool costs more than it saves), one call at a
-    time per process.
-    """
-    import torch
+def threads_for(size: int) -> int:
+    """Threads for a kernel over ``size`` values: torch's thread count, or one below
+    :data:`SMALL` values (where waking threads costs more than it saves)."""
+    return 1 if size < SMALL else max(1, torch.get_num_threads())
 
-    size = args[0].size
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """A pool of at least ``n`` threads owned by this process (a forked child makes its own)."""
+    global _POOL
     with _LOCK:
-        torch_threads = torch.get_num_threads()
-        n = 1 if size < SMALL else min(torch_threads, numba.config.NUMBA_NUM_THREADS)
-        numba.set_num_threads(max(1, n))
-        if torch.get_num_threads() != torch_threads:
-            # starting numba's OpenMP pool resets the process-wide OpenMP thread count
-            torch.set_num_threads(torch_threads)
-        return fn(*args)
+        pid = os.getpid()
+        if _POOL is None or _POOL[0] != pid or _POOL[1] < n:
+            if _POOL is not None and _POOL[0] == pid:
+                _POOL[2].shutdown(wait=False)
+            _POOL = (pid, n, ThreadPoolExecutor(n, thread_name_prefix="calibseg-kernel"))
+        return _POOL[2]
+
+
+def run(fn, dims, block: int, *args) -> None:
+    """Call ``fn(u0, u1, dims, *args)`` over the units ``[0, B ceil(N / block))`` of data of
+    shape ``dims = (B, C, N)``: in the calling thread for one thread (:func:`threads_for`),
+    else in chunks on a thread pool (the kernels release the GIL).
+    """
+    units = dims[0] * ((dims[2] + block - 1) // block)
+    n = min(threads_for(dims[0] * dims[1] * dims[2]), units)
+    if n <= 1:
+        fn(0, units, dims, *args)
+        return
+    chunks = min(units, 4 * n)  # a few chunks per thread: balance on a shared machine
+    bounds = [units * i // chunks for i in range(chunks + 1)]
+    pool = _pool(n)
+    futures = [pool.submit(fn, bounds[i], bounds[i + 1], dims, *args) for i in range(chunks)]
+    for f in futures:
+        f.result()

@@ -80,14 +80,20 @@ def check_num_bins(num_bins: int) -> int:
 
 
 def validate_pair(
-    y_pred: torch.Tensor, y: torch.Tensor, *, check_range: bool = True, hint: str = ""
+    y_pred: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    check_range: bool = True,
+    hint: str = "",
+    check_int: bool = True,
 ) -> None:
     """Check that ``y_pred`` and ``y`` are ``[B, C, *spatial]`` of one shape, finite, in [0, 1].
 
     The one input check of every binning consumer (kernels, metrics, losses, handlers): an
-    empty batch (no values) is refused, and integer targets are always range-checked (one
-    min/max pass; ``check_range=False`` skips only the floating-point checks, which the kernels
-    fold into their pass). Raises ``ValueError`` with a one-line message naming the problem.
+    empty batch (no values) is refused, and integer targets are range-checked (one min/max
+    pass) unless ``check_int=False`` (for callers whose kernel pass counts them);
+    ``check_range=False`` skips the floating-point checks, which the kernels fold into their
+    pass. Raises ``ValueError`` with a one-line message naming the problem.
     """
     if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError("y_pred and y must be torch.Tensor.")
@@ -101,7 +107,7 @@ def validate_pair(
         )
     if y_pred.numel() == 0:
         raise ValueError(f"empty batch: inputs of shape {tuple(y_pred.shape)} hold no values.")
-    if y.dtype != torch.bool and not y.is_floating_point():
+    if check_int and y.dtype != torch.bool and not y.is_floating_point():
         lo, hi = (int(v) for v in torch.aminmax(y))
         if lo < 0 or hi > 1:
             raise ValueError(
@@ -277,27 +283,12 @@ def _soft_weights(p: torch.Tensor, num_bins: int) -> tuple[torch.Tensor, torch.T
 # ----------------------------------------------------------------------------- numba glue
 
 _KERNELS: ModuleType | None = None
-# numba's OpenMP thread pool does not survive fork(): a child forked after the first kernel
-# call (e.g. a DataLoader worker or a forked pool) would hang in its first parallel region,
-# so such a child uses the torch path.
-_FORKED_CHILD = False
-
-
-def _after_fork_in_child() -> None:
-    global _FORKED_CHILD
-    if _KERNELS is not None:
-        _FORKED_CHILD = True
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _kernels() -> ModuleType | None:
-    """The numba kernel module, imported on first use; None if numba is disabled/unavailable
-    or in a process forked after the kernels started their threads."""
+    """The numba kernel module, imported on first use; None if numba is disabled/unavailable."""
     global _KERNELS
-    if os.environ.get("CALIBSEG_NO_NUMBA", "") not in ("", "0") or _FORKED_CHILD:
+    if os.environ.get("CALIBSEG_NO_NUMBA", "") not in ("", "0"):
         return None
     if _KERNELS is None:
         try:
@@ -328,40 +319,55 @@ def _inv_width(num_bins: int) -> float:
     return num_bins / (1.0 + _EPS32)
 
 
-_HALF_KINDS = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.uint16: "uint16"}
+_HALF_KINDS = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 def _kernel_array(kern: ModuleType, t: torch.Tensor) -> tuple | None:
-    """``(array [B, C, N], table)``: a numpy view of ``t``'s own storage (no copy, any strides)
-    in a dtype the kernels read, with its 16-bit table (float16, bfloat16, uint16) or
-    ``kern.no_table``; None when the spatial dims of ``t`` cannot be merged into one stride.
+    """``(source, dims)``: a kernel source reading ``t``'s own storage in place (no copy, any
+    strides) as ``[B, C, N]``, and ``dims = (B, C, N)``; None when the spatial dims of ``t``
+    cannot be merged into one stride. Float32/float64 are read as stored, float16/bfloat16 as
+    16-bit patterns, bool and integers as unsigned integers of their width.
     """
     b, c = t.shape[:2]
     try:
         v = t.detach().view(b, c, -1)
     except RuntimeError:  # e.g. a crop of a larger volume: strides of the spatial dims differ
         return None
+    strides = v.stride()
+    extent = 1 + sum((n - 1) * st for n, st in zip(v.shape, strides, strict=True))
+    flat = v.as_strided((extent,), (1,))  # the storage from [0, 0, 0] to the last element
+    dims = tuple(v.shape)
     kind = _HALF_KINDS.get(t.dtype)
     if kind is not None:
-        return v.view(torch.uint16).numpy(), kern.HALF_TABLES[kind]
-    if t.dtype == torch.bool:
-        v = v.view(torch.uint8)
-    a = v.numpy()
-    return a, kern.no_table(a.dtype)
+        return kern.half_source(flat.view(torch.uint16).numpy(), kind, strides), dims
+    if t.dtype in _KERNEL_P:
+        return kern.float_source(flat.numpy(), strides), dims
+    if t.is_floating_point() or t.is_complex():
+        raise ValueError(f"unsupported dtype {t.dtype}.")
+    return kern.byte_source(flat.view(torch.uint8).numpy(), t.element_size(), strides), dims
 
 
-def _span(kern: ModuleType, *arrays) -> int:
+def _kernel_dest(kern: ModuleType, t: torch.Tensor) -> tuple | None:
+    """A kernel destination writing ``t`` (float32/float64) in place, or None (as above)."""
+    b, c = t.shape[:2]
+    try:
+        v = t.view(b, c, -1)
+    except RuntimeError:
+        return None
+    extent = 1 + sum((n - 1) * st for n, st in zip(v.shape, v.stride(), strict=True))
+    return kern.dest(v.as_strided((extent,), (1,)).numpy(), v.stride())
+
+
+def _span(kern: ModuleType, dims: tuple, *strides: tuple) -> int:
     """Voxels of one class visited before the next: one tile if any array is stored with its
     classes closer in memory than its voxels (channel-last), else a whole block (row order)."""
-    for a in arrays:
-        if a.shape[1] > 1 and a.shape[2] > 1 and abs(a.strides[1]) < abs(a.strides[2]):
-            return kern.TILE
-    return kern.block_voxels(arrays[0].shape[1])
+    if dims[1] > 1 and dims[2] > 1 and any(abs(s[1]) < abs(s[2]) for s in strides):
+        return kern.TILE
+    return kern.block_voxels(dims[1])
 
 
-def _target_sums_int(y: torch.Tensor, soft: bool) -> bool:
-    """Whether hard target sums can be exact int64 (bool and integer targets read as such)."""
-    return not soft and not y.is_floating_point() and y.dtype != torch.uint16
+def _strides(src: tuple) -> tuple:
+    return src[-3:]
 
 
 def _slabs(
@@ -395,8 +401,7 @@ def _kernel_bin_stats(
     b, c = y_pred.shape[:2]
     w = torch.zeros(b, c, num_bins, dtype=torch.float64 if soft else torch.int64)
     sp = torch.zeros(b, c, num_bins, dtype=torch.float64)
-    int_y = _target_sums_int(y, soft)
-    sy = torch.zeros(b, c, num_bins, dtype=torch.int64 if int_y else torch.float64)
+    sy = torch.zeros(b, c, num_bins, dtype=torch.float64)
     wn, spn, syn = w.numpy(), sp.numpy(), sy.numpy()
     ap, ay = _kernel_array(kern, y_pred), _kernel_array(kern, y)
     pieces = [(ap, ay)] if ap is not None and ay is not None else None
@@ -406,18 +411,18 @@ def _kernel_bin_stats(
             for pc, yc in _slabs(y_pred, y, chunk_size)
         )
     bad_p = bad_y = 0
-    for (p_arr, tp), (y_arr, ty) in pieces:
-        span = _span(kern, p_arr, y_arr)
+    for (p_src, dims), (y_src, _) in pieces:
+        span = _span(kern, dims, _strides(p_src), _strides(y_src))
         if soft:
             args = (_inv_width(num_bins), num_bins, wn, spn, syn, span)
-            bp, by = kern.run(kern.soft_hist, p_arr, y_arr, tp, ty, *args)
+            bp, by = kern.soft_hist(dims, p_src, y_src, *args)
         else:
             lo, hi = _kernel_edges(kern, num_bins, right)
-            bp, by = kern.run(kern.hard_hist, p_arr, y_arr, tp, ty, lo, hi, wn, spn, syn, span)
+            args = (lo, hi, wn, spn, syn, span)
+            bp, by = kern.hard_hist(dims, p_src, y_src, *args)
         bad_p += int(bp)
         bad_y += int(by)
-    stats = BinStats(w, sp, sy.to(torch.float64))
-    return stats, bad_p, bad_y
+    return BinStats(w, sp, sy), bad_p, bad_y
 
 
 class _BinnedSums(torch.autograd.Function):
@@ -435,19 +440,18 @@ class _BinnedSums(torch.autograd.Function):
         if ap is None or ay is None:
             p, y = p.contiguous(), y.contiguous()
             ap, ay = _kernel_array(kern, p), _kernel_array(kern, y)
-        (p_arr, tp), (y_arr, ty) = ap, ay
-        int_y = _target_sums_int(y, soft)
+        (p_src, dims), (y_src, _) = ap, ay
         w = torch.zeros(b, c, num_bins, dtype=torch.float64 if soft else torch.int64)
         sp = torch.zeros(b, c, num_bins, dtype=torch.float64)
-        sy = torch.zeros(b, c, num_bins, dtype=torch.int64 if int_y else torch.float64)
-        span = _span(kern, p_arr, y_arr)
+        sy = torch.zeros(b, c, num_bins, dtype=torch.float64)
+        span = _span(kern, dims, _strides(p_src), _strides(y_src))
         outs = (w.numpy(), sp.numpy(), sy.numpy(), span)
         if soft:
             args = (_inv_width(num_bins), num_bins)
-            kern.run(kern.soft_hist, p_arr, y_arr, tp, ty, *args, *outs)
+            kern.soft_hist(dims, p_src, y_src, *args, *outs)
         else:
             lo, hi = _kernel_edges(kern, num_bins, right)
-            kern.run(kern.hard_hist, p_arr, y_arr, tp, ty, lo, hi, *outs)
+            kern.hard_hist(dims, p_src, y_src, lo, hi, *outs)
         ctx.save_for_backward(p, y)
         ctx.conf = (num_bins, right, soft)
         out = tuple(t.to(p.dtype) for t in (w, sp, sy))
@@ -471,26 +475,31 @@ class _BinnedSums(torch.autograd.Function):
                 return torch.zeros(b, c, num_bins, dtype=torch.float64).numpy()
             return g.detach().to(torch.float64).contiguous().numpy()
 
-        def grad_like(t: torch.Tensor) -> torch.Tensor:
-            """An uninitialised gradient in t's layout (p's dtype), viewable as [B, C, N]."""
+        def grad_like(t: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+            """An uninitialised gradient in t's layout (p's dtype) and its kernel destination."""
             g = torch.empty_like(t, dtype=p.dtype)
-            return g if _kernel_array(kern, g) is not None else torch.empty(t.shape, dtype=p.dtype)
+            d = _kernel_dest(kern, g)
+            if d is None:
+                g = torch.empty(t.shape, dtype=p.dtype)
+                d = _kernel_dest(kern, g)
+            return g, d
 
-        gp = grad_like(p)
-        gy = grad_like(y) if want_y else torch.empty(1, 1, 1, dtype=p.dtype)
-        (p_arr, tp), (gp_arr, _) = _kernel_array(kern, p), _kernel_array(kern, gp)
-        gy_arr = _kernel_array(kern, gy)[0]
-        span = _span(kern, p_arr, gp_arr, gy_arr) if want_y else _span(kern, p_arr, gp_arr)
+        gp, gp_dst = grad_like(p)
+        gy, gy_dst = grad_like(y) if want_y else (None, kern.no_dest(gp_dst[0].dtype))
+        p_src, dims = _kernel_array(kern, p)
+        strides = [_strides(p_src), gp_dst[-3:]] + ([gy_dst[-3:]] if want_y else [])
+        span = _span(kern, dims, *strides)
         if soft:
-            y_arr, ty = _kernel_array(kern, y)
+            y_src, _ = _kernel_array(kern, y)
             tables = (table(g_w), table(g_sp), table(g_sy))
-            args = (_inv_width(num_bins), num_bins, *tables, gp_arr, gy_arr, want_y, span)
-            kern.run(kern.soft_grad, p_arr, y_arr, tp, ty, *args)
+            args = (_inv_width(num_bins), num_bins, *tables, gp_dst, gy_dst, want_y, span)
+            kern.soft_grad(dims, p_src, y_src, *args)
         else:
             lo, hi = _kernel_edges(kern, num_bins, right)
-            args = (lo, hi, table(g_sp), table(g_sy), gp_arr, gy_arr, want_y, span)
-            kern.run(kern.hard_grad, p_arr, tp, *args)
-        gy = gy.to(y.dtype) if want_y and gy.dtype != y.dtype else gy
+            args = (lo, hi, table(g_sp), table(g_sy), gp_dst, gy_dst, want_y, span)
+            kern.hard_grad(dims, p_src, *args)
+        if want_y and gy.dtype != y.dtype:
+            gy = gy.to(y.dtype)
         return (gp if want_p else None), (gy if want_y else None), None, None, None
 
 
@@ -638,14 +647,17 @@ def compute_bin_stats(
     extra memory stays bounded. CUDA tensors use the chunked torch path.
     """
     check_num_bins(num_bins)
-    validate_pair(y_pred, y, check_range=False)
-    kern = _use_kernels(y_pred, y, num_bins)
+    tensors = isinstance(y_pred, torch.Tensor) and isinstance(y, torch.Tensor)
+    kern = _use_kernels(y_pred, y, num_bins) if tensors else None
+    # the kernels count integer targets outside [0, 1]: no separate min/max pass for them
+    validate_pair(y_pred, y, check_range=False, check_int=kern is None)
     if kern is None or y_pred.numel() == 0:
         return _compute_bin_stats_torch(y_pred, y, num_bins, right, soft, chunk_size, validate)
     if not y_pred.is_floating_point():
         raise ValueError(f"y_pred must be a floating-point tensor, got {y_pred.dtype}.")
     stats, bad_p, bad_y = _kernel_bin_stats(kern, y_pred, y, num_bins, right, soft, chunk_size)
-    if validate and (bad_p or (bad_y and y.is_floating_point())):
-        validate_pair(y_pred, y)  # raises with the precise message
+    int_y = y.dtype != torch.bool and not y.is_floating_point()
+    if (validate and (bad_p or bad_y)) or (int_y and bad_y):
+        validate_pair(y_pred, y, check_range=validate)  # raises with the precise message
         raise ValueError("y_pred and y must lie in [0, 1] and contain no NaN.")
     return stats

@@ -4,6 +4,7 @@ on and next to edges and non-binary targets confined to a single tile."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,21 +16,20 @@ kern = pytest.importorskip("calibseg._kernels")
 def _stats(kernel, p, y, num_bins, right, *extra):
     """Run a hard kernel on ``[B, C, N]`` tensors (blocks of 1000 voxels); (cnt, sp, sy, bad)."""
     b, c = p.shape[:2]
-    int_y = not y.is_floating_point()
     cnt = torch.zeros(b, c, num_bins, dtype=torch.int64)
     sp = torch.zeros(b, c, num_bins, dtype=torch.float64)
-    sy = torch.zeros(b, c, num_bins, dtype=torch.int64 if int_y else torch.float64)
+    sy = torch.zeros(b, c, num_bins, dtype=torch.float64)
     lo, hi = kern.hard_edges(num_bins, B.bin_edges(num_bins)[1:].numpy(), right)
-    p3, y3 = p.reshape(b, c, -1).numpy(), y.reshape(b, c, -1).numpy()
-    tables = (kern.no_table(p3.dtype), kern.no_table(y3.dtype), lo, hi)
+    (ps, dims), (ys, _) = B._kernel_array(kern, p), B._kernel_array(kern, y)
     outs = (cnt.numpy(), sp.numpy(), sy.numpy())
     if kernel is kern.hard_hist:
-        bad = kernel(p3, y3, *tables, *outs, 1000)
-    elif kernel is kern.hard_hist_wide:
-        bad = kernel(p3, y3, *tables, *outs, 1000)
-    else:
-        bad = kernel(p3, y3, *tables, *outs, 1000, 1000, *extra)
-    return cnt.view(b * c, -1), sp.view(b * c, -1), sy.double().view(b * c, -1), bad
+        bad = kernel(dims, ps, ys, lo, hi, *outs, 1000)
+    else:  # a kernel itself, over all units of 1000 voxels (span 1000 for the narrow one)
+        parts = kern._partials(dims, num_bins, 1000, np.int64)
+        more = (1000,) if kernel is kern.hard_hist_wide else (1000, 1000, *extra)
+        kern.run(kernel, dims, 1000, ps, ys, lo, hi, *parts, *more)
+        bad = kern._reduce(parts, dims, *outs)
+    return cnt.view(b * c, -1), sp.view(b * c, -1), sy.view(b * c, -1), bad
 
 
 @pytest.mark.parametrize("num_bins", [1, 3, 20, kern.NARROW_BINS])
@@ -50,7 +50,7 @@ def test_narrow_kernel_matches_wide_and_torch(num_bins, right, ydtype) -> None:
     y = (torch.rand(2, 3, n, generator=g) < 0.4).to(ydtype)
     y[1, 2, kern.TILE + 5] = 3 if ydtype == torch.uint8 else 0.25  # one non-binary tile
     wide = _stats(kern.hard_hist_wide, p, y, num_bins, right)
-    counted = _stats(kern.hard_hist_narrow, p, y, num_bins, right, 0.0)
+    counted = _stats(kern.hard_hist_narrow, p, y, num_bins, right, np.float32(0))
     narrow = _stats(kern.hard_hist, p, y, num_bins, right)
     for a, b in zip(counted, narrow, strict=True):
         assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
@@ -79,7 +79,7 @@ def test_narrow_kernel_counts_bad_values() -> None:
     y = torch.ones(1, 2, 3 * kern.TILE)
     p[0, 0, 10], p[0, 1, 700], p[0, 1, 1200] = float("nan"), -0.5, 1.5
     y[0, 1, 3], y[0, 0, 900] = 2.0, float("nan")
-    for tau in (0.0, kern.TAU):
+    for tau in (np.float32(0), np.float32(kern.TAU)):
         bad = _stats(kern.hard_hist_narrow, p, y, 20, False, tau)[3]
         assert [int(v) for v in bad] == [3, 2]
 
@@ -94,36 +94,34 @@ def test_dispatch_by_number_of_bins() -> None:
 
 
 _THREADS = """
-import numpy as np, torch
-from numba import get_thread_id, njit, prange
+import threading, time
+import torch
 torch.set_num_threads(1)
-from calibseg import _kernels as kern, binning as B
+from calibseg import _kernels as kern
 
-@njit(parallel=True)
-def used(a):
-    out = np.zeros(a.size, np.int64)
-    for i in prange(a.size):
-        out[i] = get_thread_id()
-    return out.max() + 1
+def used(u0, u1, dims, out):
+    time.sleep(0.02)  # long enough for every pool thread to take a chunk
+    out.append(threading.get_ident())
 
-p = torch.rand(1, 2, 40000)
-B.compute_bin_stats(p, (p > 0.5).float())
-t1 = torch.get_num_threads()
-big = kern.run(used, np.zeros(4 * kern.SMALL))
+def threads(n):
+    out = []
+    kern.run(used, (1, 2, n), 1024, out)
+    return len(set(out)), out[0] == threading.get_ident()
+
+big = 8 * kern.SMALL
+one = threads(big)
 torch.set_num_threads(2)
-print(t1, big, kern.run(used, np.zeros(4 * kern.SMALL)), kern.run(used, np.zeros(10)))
+print(*one, *threads(big), *threads(10), torch.get_num_threads())
 """
 
 
 def test_thread_counts_follow_torch_in_a_fresh_process() -> None:
-    """Starting the kernels' thread pool leaves torch's thread count alone; kernels use
-    torch's count on large inputs and one thread on small ones."""
-    import os
+    """Kernels run in the calling thread for one torch thread and for small inputs, on torch's
+    thread count of pool threads otherwise, and leave torch's thread count alone."""
     import subprocess
     import sys
 
-    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
     out = subprocess.run(
-        [sys.executable, "-c", _THREADS], capture_output=True, text=True, check=True, env=env
+        [sys.executable, "-c", _THREADS], capture_output=True, text=True, check=True
     )
-    assert out.stdout.split() == ["1", "1", "2", "1"]
+    assert out.stdout.split() == ["1", "True", "2", "False", "1", "True", "2"]

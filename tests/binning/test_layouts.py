@@ -155,10 +155,37 @@ def test_inputs_are_read_in_place_without_copies(monkeypatch) -> None:
 
     def spy(kern, t):
         out = real(kern, t)
-        seen.append((t.data_ptr(), out[0].__array_interface__["data"][0]))
+        src = out[0]  # (floats, half bits, bytes, table, kind, width, *strides)
+        data = src[src[4]]  # the array of the source's kind
+        assert data.size > 0 and all(a.size == 0 for i, a in enumerate(src[:3]) if i != src[4])
+        seen.append((t.data_ptr(), data.__array_interface__["data"][0]))
         return out
 
     monkeypatch.setattr(B, "_kernel_array", spy)
     p0, labels = _realistic((1, 4, 10, 10, 10))
     compute_bin_stats(_channel_last(p0.half()), F.one_hot(labels, 4).movedim(-1, 1).bool())
     assert len(seen) == 2 and all(a == b for a, b in seen)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "bad"),
+    [
+        (torch.uint8, 2),
+        (torch.int16, 2),
+        (torch.int16, 256),
+        (torch.int16, -1),
+        (torch.int32, 257),
+        (torch.int64, 256),
+        (torch.int64, -1),
+    ],
+)
+def test_integer_targets_outside_0_1_are_refused_in_any_layout(dtype, bad: int) -> None:
+    """The kernel reads integer targets itself (no min/max pass); a value whose low byte is 0 or
+    1 but which is not (256, 257, or -1 in two's complement) is refused too, with or without
+    validate."""
+    p, labels = _realistic((1, 3, 12, 10, 8), seed=5)
+    y = F.one_hot(labels, 3).movedim(-1, 1).to(dtype)  # channel-last view
+    y[0, 1, 4, 5, 6] = bad
+    for validate in (True, False):
+        with pytest.raises(ValueError, match=r"target must lie in \[0, 1\], got integer"):
+            compute_bin_stats(p, y, 20, validate=validate)

@@ -117,9 +117,10 @@ def evaluate_case(
             f"got [{int(lab.min())}, {int(lab.max())}]."
         )
     prob = prob.astype(np.float32, copy=False)
-    # argmax over the contiguous channel-last axis, then one contiguous channel-first copy
+    # argmax over the contiguous channel-last axis; the binning reads the channel-last array
+    # in place through a channel-first view (no copy)
     pred = torch.from_numpy(np.argmax(prob, axis=-1))
-    p = torch.from_numpy(np.ascontiguousarray(np.moveaxis(prob, -1, 0)))  # [C, *sp]
+    p = torch.from_numpy(prob).movedim(-1, 0)  # [C, *sp] view of the channel-last storage
     del prob
     classes = torch.arange(num_classes).view(-1, *([1] * lab.ndim))
     y = (lab[None] == classes).to(torch.float32)  # one-hot [C, *sp]
