@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from calibseg import storage
 
-__all__ = ["bundle_logging"]
+__all__ = ["bundle_logging", "to_log_file"]
 
 
 def _not_engine(record: logging.LogRecord) -> bool:
@@ -48,3 +48,14 @@ def bundle_logging(bundle: str, log_dir: str) -> Iterator[None]:
         for h in saved_handlers:
             root.addHandler(h)
         root.setLevel(saved_level)
+
+
+def to_log_file(*names: str) -> None:
+    """Send the records of the loggers ``names`` to the root handlers (the run's log file)
+    instead of their own: MONAI's StatsHandler gives its named logger a stdout handler, which
+    suits ``monai.bundle run`` but not a command with its own console output."""
+    for name in names:
+        lg = logging.getLogger(name)
+        for h in lg.handlers[:]:
+            lg.removeHandler(h)
+        lg.propagate = True

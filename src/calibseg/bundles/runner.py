@@ -30,7 +30,7 @@ from ignite.handlers import Checkpoint
 from calibseg import storage, storage_mirror
 from calibseg.bundles import BUNDLE_FILES, DATA_ROOT_FILE, bundle_hash, load_bundle, require_bundle
 from calibseg.bundles.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
-from calibseg.bundles.logs import bundle_logging
+from calibseg.bundles.logs import bundle_logging, to_log_file
 from calibseg.bundles.predict import predict, run_dir
 from calibseg.bundles.workflow import check_rater
 from calibseg.distributed import ddp
@@ -159,6 +159,7 @@ def _train(
     parser.get_parsed_content("initialize")  # set_determinism(seed)
     trainer = parser.get_parsed_content("train#trainer")
     parser.get_parsed_content("train_setup")  # seeded He init, early stopping → trainer
+    to_log_file("calibseg.train")  # the StatsHandler's epoch lines: logs/train.log
     world = ddp.get_world_size()
     if ddp.is_main_process():
         _write_resolved(parser, run, job, world)

@@ -27,6 +27,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelWriter
+from monai.data.utils import set_rnd
 from monai.engines import PrepareBatch
 from monai.handlers import ValidationHandler
 from monai.networks.utils import one_hot
@@ -94,26 +95,35 @@ class PrepareOneHot(PrepareBatch):
 
 
 class EpochSeeder:
-    """Seed the random transforms and the shuffling generator at the start of every epoch
-    from (seed, epoch) — under DDP also the rank, so ranks augment differently.
+    """Seed shuffling and augmentation at the start of every epoch from (seed, epoch).
+
+    Single-process: the DataLoader's generator gets ``derive_seed(seed, epoch, 2)`` and the
+    dataset's random transforms a seed drawn from it, as ``monai.data.DataLoader`` does when it
+    is built (``num_workers=0``) — the same streams as one loader built per epoch. Under DDP
+    (the sampler shuffles) each rank's transforms get ``derive_seed(seed, epoch, 1, rank)``.
 
     Args:
         seed: the run seed.
-        transform: the training transforms (a MONAI ``Compose``; ``set_random_state``).
+        dataset: the training dataset (its random transforms are seeded).
         generator: the ``torch.Generator`` of the training DataLoader.
     """
 
-    def __init__(self, seed: int, transform: Any, generator: torch.Generator) -> None:
-        self.seed, self.transform, self.generator = int(seed), transform, generator
+    def __init__(self, seed: int, dataset: Any, generator: torch.Generator) -> None:
+        self.seed, self.dataset, self.generator = int(seed), dataset, generator
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
         epoch = engine.state.epoch - 1
-        rank = (ddp.get_rank(),) if ddp.is_distributed() else ()
-        self.transform.set_random_state(seed=derive_seed(self.seed, epoch, 1, *rank))
-        self.generator.manual_seed(derive_seed(self.seed, epoch, 2))
+        if ddp.is_distributed():
+            set_rnd(self.dataset, derive_seed(self.seed, epoch, 1, ddp.get_rank()))
+            return
+        first = derive_seed(self.seed, epoch, 2)
+        self.generator.manual_seed(first)
+        drawn = torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        set_rnd(self.dataset, int(drawn.item()))
+        self.generator.manual_seed(first)
 
 
 class ValidationEvery(ValidationHandler):
