@@ -118,12 +118,15 @@ class EpochSeeder:
         epoch = engine.state.epoch - 1
         if ddp.is_distributed():
             set_rnd(self.dataset, derive_seed(self.seed, epoch, 1, ddp.get_rank()))
-            return
-        first = derive_seed(self.seed, epoch, 2)
-        self.generator.manual_seed(first)
-        drawn = torch.empty((), dtype=torch.int64).random_(generator=self.generator)
-        set_rnd(self.dataset, int(drawn.item()))
-        self.generator.manual_seed(first)
+        else:
+            first = derive_seed(self.seed, epoch, 2)
+            self.generator.manual_seed(first)
+            drawn = torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+            set_rnd(self.dataset, int(drawn.item()))
+            self.generator.manual_seed(first)
+        # a fresh iterator: the previous epoch's one would draw from the generator when it
+        # finds its end (a sampler ending on a full batch is exhausted one call later)
+        engine.set_data(engine.state.dataloader)
 
 
 class ValidationEvery(ValidationHandler):
