@@ -173,8 +173,15 @@ def _train(
         trainer.state.max_epochs = int(parser.get("max_epochs"))  # may differ from the checkpoint's
         logger.info("resuming %s from epoch %d", run, int(state["run"]["epoch"]))
     ddp.barrier()  # every rank has read last.pt before rank 0 may overwrite it
+    writer = parser.get_parsed_content("tensorboard_writer")  # None on ranks > 0
     if on_epoch is not None:
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: on_epoch())
+
+        def upload(_: Any) -> None:
+            if writer is not None:
+                writer.flush()
+            on_epoch()
+
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, upload)
     logger.info(
         "training %s: %d train / %d val cases, %d epochs, device %s, world size %d",
         run,
@@ -185,7 +192,10 @@ def _train(
         world,
     )
     t0 = time.perf_counter()
-    trainer.run()
+    try:
+        trainer.run()
+    finally:
+        parser.get_parsed_content("finalize")  # closes the TensorBoard writer
     ddp.barrier()  # the other ranks return once final.pt is written
     logger.info("trained %s in %.1f s", run, time.perf_counter() - t0)
     return run
