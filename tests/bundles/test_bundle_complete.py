@@ -9,6 +9,7 @@ from calibseg import storage
 from calibseg.bundles import (
     BUNDLE_FILES,
     COMPLETE_MARKER,
+    DATA_ROOT_FILE,
     bundle_name,
     bundle_status,
     create_bundle,
@@ -56,11 +57,11 @@ def test_interrupted_remote_create_is_refused_then_repaired(
     cap = capsys.readouterr()
     assert rc == 0 and "repaired" in cap.out, cap.out + cap.err
     files = {e["rel"] for e in storage.list_files(path)}
-    assert files == {*BUNDLE_FILES, "splits.json", COMPLETE_MARKER}
+    assert files == {*BUNDLE_FILES, "splits.json", DATA_ROOT_FILE, COMPLETE_MARKER}
     assert bundle_status(path) == "complete" and require_bundle(path) == path
     # the repaired bundle is byte-identical to one created in one go locally
     local = create_bundle("synthetic", "baseline_ce", out=str(tmp_path), data_root=synth_root)
-    for rel in (*BUNDLE_FILES, "splits.json"):
+    for rel in (*BUNDLE_FILES, "splits.json", DATA_ROOT_FILE):
         with open(f"{local}/{rel}", "rb") as f:
             assert storage.read_bytes(f"{path}/{rel}") == f.read(), rel
 
@@ -75,7 +76,7 @@ def test_marker_is_written_last_remote(s3_bucket, synth_root, monkeypatch):
 
     monkeypatch.setattr(storage, "write_bytes", record)
     create_bundle("synthetic", "baseline_dice", out=f"s3://{s3_bucket}/b", data_root=synth_root)
-    assert order[-1] == COMPLETE_MARKER and len(order) == len(BUNDLE_FILES) + 2
+    assert order[-1] == COMPLETE_MARKER and len(order) == len(BUNDLE_FILES) + 3
 
 
 def test_repair_refuses_a_file_that_differs(s3_bucket, synth_root):

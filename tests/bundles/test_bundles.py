@@ -11,6 +11,7 @@ from calibseg.bundles import (
     BUNDLE_FILES,
     LOSSES,
     bundle_hash,
+    bundle_name,
     create_bundle,
     list_bundles,
     load_bundle,
@@ -65,7 +66,9 @@ def test_splits_and_data_yaml(tmp_path, synth_root):
         data = yaml.safe_load(f)
     assert data["dataset"] == "synthetic"
     assert data["class_names"] == ["background", "organ", "vessel", "lesion"]
-    assert data["data_root"] == os.path.abspath(synth_root)
+    assert synth_root not in open(os.path.join(p, "configs", "data.yaml")).read()
+    record = json.load(open(os.path.join(p, "data_root.json")))
+    assert record == {"splits_root": os.path.abspath(synth_root), "data_root": synth_root}
     splits = read_splits(p)
     cases = [it["case"] for s in ("training", "validation", "test") for it in splits[s]]
     assert sorted(cases) == [f"synth_{i:03d}" for i in range(5)]
@@ -161,3 +164,38 @@ def test_list_bundles(tmp_path, synth_root):
     assert all(r["data"] == "synthetic" for r in rows.values())
     with pytest.raises(FileNotFoundError):
         list_bundles(str(tmp_path / "nothing"))
+
+
+def test_bundles_are_portable(tmp_path, synth_root, monkeypatch):
+    import shutil
+
+    from calibseg.bundles import resolve_data_root
+
+    monkeypatch.delenv("CALIBSEG_DATA_SYNTHETIC", raising=False)
+    a, b, c = (str(tmp_path / d) for d in ("a", "b", "c"))
+    for d in (a, b, c):
+        shutil.copytree(synth_root, d)
+    out = str(tmp_path / "bundles")
+    pa = create_bundle("synthetic", "baseline_dice", out=out, data_root=a)
+    h = bundle_hash(pa)
+    splits_a = read_splits(pa)
+    assert all(it["image"].startswith(a + os.sep) for it in splits_a["training"])
+    # the same configs with the data elsewhere: the same bundle (name and hash), now defaulting
+    # to the new root; splits.json is kept and its items move under the root in use
+    pb = create_bundle("synthetic", "baseline_dice", out=out, data_root=b)
+    assert pb == pa and bundle_hash(pb) == h and os.listdir(out) == [os.path.basename(pa)]
+    assert resolve_data_root(pa) == b
+    moved = read_splits(pa, resolve_data_root(pa))
+    for split, items in splits_a.items():
+        for old, new in zip(items, moved[split], strict=True):
+            assert new["case"] == old["case"]
+            assert new["image"] == os.path.join(b, os.path.relpath(old["image"], a))
+            assert new["raters"] == [os.path.join(b, os.path.relpath(r, a)) for r in old["raters"]]
+            assert os.path.isfile(new["image"])
+    # at run time: the option first, then the environment, then the record
+    monkeypatch.setenv("CALIBSEG_DATA_SYNTHETIC", c)
+    assert resolve_data_root(pa) == c and resolve_data_root(pa, a) == a
+    item = read_splits(pa, resolve_data_root(pa))["test"][0]
+    assert item["label"].startswith(c + os.sep) and os.path.isfile(item["label"])
+    # a bundle from another machine (other root, same configs) has the same name
+    assert bundle_name("synthetic", "baseline_dice", data_root=c) == os.path.basename(pa)

@@ -77,3 +77,28 @@ def test_submit_training_uses_gpu_resource_on_worker_processes(gpu_cluster):
     ]
     with pytest.raises(TypeError, match="callable"):
         submit_training([("not callable", {})])
+
+
+def test_submit_training_refuses_a_bare_bundle_path():
+    with pytest.raises(TypeError, match="not a bundle path"):
+        submit_training("bundles/synthetic_baseline_ce_00000000")
+
+
+def test_distributed_imports_nothing_above_its_layer():
+    """distributed sits at the bottom (with storage): no import of calibseg's higher layers,
+    at module level or inside a function."""
+    import ast
+    import pathlib
+
+    import calibseg.distributed as D
+
+    for path in pathlib.Path(D.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for n in names:
+                if n.startswith("calibseg"):
+                    assert n.split(".")[1] in ("storage", "distributed"), (path.name, n)

@@ -72,7 +72,7 @@ def test_storage_pull_refuses_escaping_keys_console_script(
 
 
 def test_remote_run_mirror_refuses_planted_key(tmp_path, s3_bucket, moto_endpoint, monkeypatch):
-    from calibseg.bundles import runner as R
+    from calibseg import storage_mirror
 
     monkeypatch.setenv("CALIBSEG_CACHE", str(tmp_path / "cache"))
     run = f"s3://{s3_bucket}/bundles/b/seed_0"
@@ -88,7 +88,7 @@ def test_remote_run_mirror_refuses_planted_key(tmp_path, s3_bucket, moto_endpoin
     (local_run / "logs").mkdir(parents=True)
     (local_run / "logs" / "keep.log").write_text("local log")
     with pytest.raises(UnsafePathError, match="outside"):
-        R._pull_run(run, str(local_run))
+        storage_mirror.pull_run(run, str(local_run))
     assert not list(tmp_path.rglob("escape.txt"))
     # refused before anything local was touched
     assert (local_run / "logs" / "keep.log").read_text() == "local log"

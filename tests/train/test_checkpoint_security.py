@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from calibseg.bundles import checkpoint as C
 from calibseg.bundles import runner as R
 
 CALIBSEG = os.path.join(os.path.dirname(sys.executable), "calibseg")
@@ -33,7 +34,7 @@ def _malicious_checkpoint(path, marker: str, bundle_hash: str = "0" * 64) -> Non
 def test_crafted_pickle_is_refused_by_predict_console_script(tmp_path, tiny_bundle):
     marker = tmp_path / "code_ran"
     evil = tmp_path / "evil.pt"
-    _malicious_checkpoint(evil, str(marker), R.bundle_hash(tiny_bundle))
+    _malicious_checkpoint(evil, str(marker), C.bundle_hash(tiny_bundle))
     # the file really is a code-running pickle: a plain load executes it
     torch.load(evil, weights_only=False)
     assert marker.is_dir()
@@ -70,21 +71,23 @@ def test_planted_last_pt_on_s3_is_refused_before_training(
     evil = tmp_path / "last.pt"
     _malicious_checkpoint(evil, str(marker), bundle_hash(bundle))
     storage.write_bytes(f"{bundle}/seed_0/checkpoints/last.pt", evil.read_bytes())
+    from monai.engines import SupervisedTrainer
+
     trained = {"n": 0}
-    real = R._validate
+    real = SupervisedTrainer.run
 
-    def counting(*a, **k):
+    def counting(self, *a, **k):
         trained["n"] += 1
-        return real(*a, **k)
+        return real(self, *a, **k)
 
-    monkeypatch.setattr(R, "_validate", counting)
+    monkeypatch.setattr(SupervisedTrainer, "run", counting)
     with pytest.raises(ValueError, match="refusing to load checkpoint"):
         R.train(bundle, seed=0)
     assert not marker.exists() and trained["n"] == 0
 
 
 def test_rng_state_is_plain_and_restores_every_generator():
-    state = R._rng_state()
+    state = C.rng_state()
     buf = __import__("io").BytesIO()
     torch.save(state, buf)
     buf.seek(0)
@@ -99,7 +102,7 @@ def test_rng_state_is_plain_and_restores_every_generator():
     torch.manual_seed(123)
     np.random.seed(123)  # noqa: NPY002
     random.seed(123)
-    R._set_rng_state(loaded)
+    C.set_rng_state(loaded)
     again = (
         torch.rand(3),
         np.random.random(3),  # noqa: NPY002
@@ -119,4 +122,5 @@ def test_checkpoints_written_by_training_load_with_weights_only(trained):
             map_location="cpu",
             weights_only=True,
         )
-        assert ckpt["format"] == R.CHECKPOINT_FORMAT and "model" in ckpt
+        assert ckpt["run"]["format"] == C.CHECKPOINT_FORMAT == 3 and "model" in ckpt
+        assert {"optimizer", "scheduler", "trainer"} <= set(ckpt) and "rng" in ckpt["run"]

@@ -43,7 +43,7 @@ def test_sigint_during_train_exits_130_and_rerun_resumes(tiny_bundle):
     assert proc.returncode == 130, err
     assert "interrupted" in err and "rerun the same command to resume" in err
     assert "Traceback" not in err
-    done = int(torch.load(last, weights_only=True)["epoch"])
+    done = int(torch.load(last, weights_only=True)["run"]["epoch"])
     assert 1 <= done < 200
 
     res = subprocess.run(

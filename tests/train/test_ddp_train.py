@@ -28,26 +28,14 @@ def _torchrun(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess
 
 
 def _validate_single_process(bundle: str, state: dict) -> dict[str, float]:
-    """The runner's validation of ``state`` on the whole validation split, in this process."""
-    from monai.data import DataLoader
-
-    from calibseg.data import get_dataset
-
-    parser = load_bundle(bundle)
-    net = parser.get_parsed_content("network")
-    net.load_state_dict(state)
-    roi = tuple(int(r) for r in parser.get("roi_size"))
-    items = json.load(open(os.path.join(bundle, "splits.json")))["validation"]
-    ds = R._make_dataset(items, get_dataset(parser.get("dataset")).transforms("val", roi), 1.0)
-    return R._validate(
-        net,
-        DataLoader(ds, batch_size=1, num_workers=0),
-        parser.get_parsed_content("val_inferer"),
-        parser.get_parsed_content("dice_metric"),
-        torch.device("cpu"),
-        int(parser.get("num_classes")),
-        int(parser.get("num_bins", 20)),
-    )
+    """The bundle's validation workflow (``validate#evaluator``) of the weights ``state`` on the
+    whole validation split, in this (single) process."""
+    parser = load_bundle(bundle, overrides={"bundle_root": bundle})
+    parser.get_parsed_content("network_def").load_state_dict(state)
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    evaluator.run()
+    m = evaluator.state.metrics
+    return {"dice": m["val_mean_dice"], **{k: m[f"val_{k}_macro"] for k in ("ece", "ace", "mce")}}
 
 
 @pytest.mark.slow
@@ -73,10 +61,10 @@ def test_torchrun_two_ranks_train_one_model(tiny_bundle):
 
     last = R.load_checkpoint(os.path.join(run, "checkpoints", "last.pt"), tiny_bundle)
     final = R.load_checkpoint(os.path.join(run, "checkpoints", "final.pt"), tiny_bundle)
-    assert last["epoch"] == 1 and not any(k.startswith("module.") for k in last["model"])
+    assert last["run"]["epoch"] == 1 and not any(k.startswith("module.") for k in last["model"])
     for k, v in final["model"].items():
         assert torch.equal(v, last["model"][k]), k
-    # the sharded validation (rank 1 holds no validation case) equals a single-process one
+    # the validation of the DDP run equals a single-process one of the final weights
     ref = _validate_single_process(tiny_bundle, final["model"])
     for k in ("dice", "ece", "ace", "mce"):
         assert summary["history"][0][k] == pytest.approx(ref[k], abs=1e-5), k

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from calibseg.bundles import create_bundle
+from calibseg.bundles import create_bundle, load_bundle
 from calibseg.bundles import runner as R
+from calibseg.bundles.workflow import he_init
 
 
 @pytest.mark.slow
@@ -57,31 +58,35 @@ def test_train_then_predict(tiny_bundle, trained):
 
 @pytest.mark.slow
 def test_interrupt_and_resume_equals_uninterrupted(tiny_bundle, trained, monkeypatch):
+    from monai.engines import SupervisedEvaluator
+
     ref = torch.load(os.path.join(trained, "checkpoints", "last.pt"), weights_only=True)
 
     calls = {"n": 0}
-    real_validate = R._validate
+    real_run = SupervisedEvaluator.run
 
-    def interrupted_validate(*args, **kwargs):
+    def interrupted_run(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:  # Ctrl-C during epoch 2
+        if calls["n"] == 2:  # Ctrl-C while validating epoch 2
             raise KeyboardInterrupt
-        return real_validate(*args, **kwargs)
+        return real_run(self, *args, **kwargs)
 
-    monkeypatch.setattr(R, "_validate", interrupted_validate)
+    monkeypatch.setattr(SupervisedEvaluator, "run", interrupted_run)
     with pytest.raises(KeyboardInterrupt):
         R.train(tiny_bundle, seed=0, run_name="interrupted")
     ckpt_dir = os.path.join(tiny_bundle, "interrupted", "checkpoints")
     half = torch.load(os.path.join(ckpt_dir, "last.pt"), weights_only=True)
-    assert half["epoch"] == 1 and not any(".part" in n for n in os.listdir(ckpt_dir))
+    assert half["run"]["epoch"] == 1 and not any(".part" in n for n in os.listdir(ckpt_dir))
+    assert not os.path.exists(os.path.join(ckpt_dir, "final.pt"))  # no final after a failure
 
-    monkeypatch.setattr(R, "_validate", real_validate)
+    monkeypatch.setattr(SupervisedEvaluator, "run", real_run)
     R.train(tiny_bundle, seed=0, run_name="interrupted")  # resumes at epoch 2
     res = torch.load(os.path.join(ckpt_dir, "last.pt"), weights_only=True)
-    assert res["epoch"] == ref["epoch"] == 2
+    assert res["run"]["epoch"] == ref["run"]["epoch"] == 2
+    assert res["trainer"]["iteration"] == ref["trainer"]["iteration"] > 0
     for k, v in ref["model"].items():
         assert torch.equal(v, res["model"][k]), k
-    assert res["history"] == ref["history"]
+    assert res["run"]["history"] == ref["run"]["history"]
     # a finished run is not trained again
     mtime = os.stat(os.path.join(ckpt_dir, "last.pt")).st_mtime_ns
     R.train(tiny_bundle, seed=0, run_name="interrupted")
@@ -89,11 +94,11 @@ def test_interrupt_and_resume_equals_uninterrupted(tiny_bundle, trained, monkeyp
 
 
 def test_seed_changes_he_init(tiny_bundle):
-    p = R.load_bundle(tiny_bundle)
+    p = load_bundle(tiny_bundle)
     a, b, c = (p.get_parsed_content("network_def", lazy=False) for _ in range(3))
-    R._he_init(a, 0)
-    R._he_init(b, 0)
-    R._he_init(c, 1)
+    he_init(a, 0)
+    he_init(b, 0)
+    he_init(c, 1)
     wa, wb, wc = (
         next(m.weight for m in n.modules() if isinstance(m, torch.nn.Conv3d)) for n in (a, b, c)
     )
@@ -149,6 +154,11 @@ def test_early_stopping(tmp_path, synth_root, tiny_overrides):
     run = R.train(b, seed=0, patience=1)  # the argument overrides the bundle's 0 (off)
     summary = json.load(open(os.path.join(run, "training_summary.json")))
     assert summary["epochs"] == 2 and summary["early_stopped"] and summary["best_epoch"] == 1
-    assert (
-        torch.load(os.path.join(run, "checkpoints", "final.pt"), weights_only=False)["epoch"] == 2
-    )
+    final = torch.load(os.path.join(run, "checkpoints", "final.pt"), weights_only=True)
+    assert final["run"]["epoch"] == 2 and final["run"]["stopped"]
+    best = torch.load(os.path.join(run, "checkpoints", "best.pt"), weights_only=True)
+    assert best["trainer"]["iteration"] == final["trainer"]["iteration"] // 2  # epoch 1
+    # a stopped run is finished: rerunning it trains nothing
+    mtime = os.stat(os.path.join(run, "checkpoints", "last.pt")).st_mtime_ns
+    R.train(b, seed=0, patience=1)
+    assert os.stat(os.path.join(run, "checkpoints", "last.pt")).st_mtime_ns == mtime

@@ -143,7 +143,7 @@ def test_train_predict_evaluate_resume_on_s3(tmp_path, s3_bucket, monkeypatch):
 
 
 def test_run_folder_mirror_and_upload(tmp_path, s3_bucket):
-    from calibseg.bundles import runner as R
+    from calibseg import storage_mirror as M
 
     run = f"s3://{s3_bucket}/b/seed_0"
     work = tmp_path / "work"
@@ -153,7 +153,7 @@ def test_run_folder_mirror_and_upload(tmp_path, s3_bucket):
     (work / "checkpoints" / ".last.pt.x1y2.part.pt").write_bytes(b"half")  # crashed write
     (work / "logs" / "train.log").write_text("line 1\n")
     (work / "training_summary.json").write_text("{}")
-    R._push_run(str(work), run)
+    M.push_run(str(work), run)
     assert set(_remote_files(run)) == {
         "checkpoints/last.pt",
         "logs/train.log",
@@ -168,12 +168,12 @@ def test_run_folder_mirror_and_upload(tmp_path, s3_bucket):
     (other / "checkpoints" / "last.pt").write_bytes(b"stale, longer than the remote one")
     (other / "checkpoints" / "best.pt").write_bytes(b"from another run")
     (other / "resolved_config.json").write_text("{}")
-    R._pull_run(run, str(other))
+    M.pull_run(run, str(other))
     got = {str(p.relative_to(other)) for p in other.rglob("*") if p.is_file()}
     assert got == {"checkpoints/last.pt", "logs/train.log", "training_summary.json"}
     assert (other / "checkpoints" / "last.pt").read_bytes() == b"epoch-1"
     assert (other / "logs" / "train.log").read_text() == "line 1\n"
 
     # no remote run: the working folder starts empty
-    R._pull_run(f"s3://{s3_bucket}/b/seed_9", str(other))
+    M.pull_run(f"s3://{s3_bucket}/b/seed_9", str(other))
     assert not other.exists()

@@ -1,10 +1,21 @@
 """Experiment bundles: MONAI bundle folders generated from templates, named by content hash.
 
 A bundle is ``<out>/<data>_<loss>_<hash8>/`` with ``configs/{common,train,validation,
-inference_pred,inference_eval,debug,loss,data}.yaml``, ``metadata.json``, ``logging.conf`` and
-``splits.json`` (and ``.complete``, written last). ``hash8`` is the first 8 hex digits of SHA-256 over the rendered files (fixed
-order, relative path and bytes), so any config change gives a new name and the same configs
-give the same name. An existing bundle folder is never overwritten.
+inference_pred,inference_eval,debug,loss,data}.yaml``, ``metadata.json``, ``logging.conf``,
+``splits.json``, ``data_root.json`` (and ``.complete``, written last). ``hash8`` is the first 8
+hex digits of SHA-256 over the rendered files (fixed order, relative path and bytes), so any
+config change gives a new name and the same configs give the same name. An existing bundle
+folder is never overwritten.
+
+The configs define MONAI bundle workflows (``training``, ``evaluating``, ``inference``), so
+``python -m monai.bundle run training --bundle_root B --meta_file B/metadata.json
+--config_file "[B/configs/common.yaml, …]"`` trains a bundle; :func:`config_files` lists the
+files in merge order.
+
+Bundles are portable: the data root is not in the hashed configs. ``data_root.json`` records
+the root the bundle was created with (``splits.json`` holds item paths under it); at run time
+:func:`resolve_data_root` takes ``--data-root``, else ``$CALIBSEG_DATA_<NAME>``, else that
+record, and :func:`read_splits` moves the items under the resolved root.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from importlib import resources
 from typing import Any
 
 from calibseg import storage
+from calibseg.data import get_dataset, make_splits
 
 __all__ = [
     "LOSSES",
@@ -34,6 +46,9 @@ __all__ = [
     "bundle_status",
     "COMPLETE_MARKER",
     "read_splits",
+    "resolve_data_root",
+    "config_files",
+    "DATA_ROOT_FILE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -102,18 +117,13 @@ def render_bundle(
 
     ``overrides`` maps ``"<config>#<key>[#<subkey>...]"`` to a value, e.g.
     ``{"train#max_epochs": 5, "loss#ace_weight": 0.5}`` (``<config>`` is one of CONFIG_FILES).
-    Raises ValueError for an unknown dataset, loss or config name; the data root is resolved
-    through the dataset's ``resolve_root`` (option, else its environment variable).
+    Raises ValueError for an unknown dataset, loss or config name. ``data_root`` does not
+    change the files (bundles are portable); it is accepted for the signature's sake.
     """
     import yaml
 
-    from calibseg.data import get_dataset
-
     _check_loss(loss)
     spec = get_dataset(data)
-    root = spec.resolve_root(data_root)
-    if not storage.is_remote(root):
-        root = os.path.abspath(root)
     d = {**_DATASET_DEFAULTS.get(data, _DATASET_DEFAULTS["synthetic"])}
     values = {
         "dataset": data,
@@ -127,7 +137,6 @@ def render_bundle(
         "regions": "true" if data in _REGION_DATASETS else "false",
         "class_names": json.dumps(list(spec.class_names)),
         "channel_def": json.dumps({str(i): n for i, n in enumerate(spec.class_names)}),
-        "data_root": json.dumps(str(root)),
     }
 
     def fill(text: str) -> str:
@@ -168,7 +177,8 @@ def _hash_files(files: dict[str, bytes]) -> str:
 def bundle_name(
     data: str, loss: str, data_root: str | None = None, overrides: dict[str, Any] | None = None
 ) -> str:
-    """The folder name ``<data>_<loss>_<hash8>`` that :func:`create_bundle` would use."""
+    """The folder name ``<data>_<loss>_<hash8>`` that :func:`create_bundle` would use (the
+    same for every ``data_root``)."""
     return f"{data}_{loss}_{_hash_files(render_bundle(data, loss, data_root, overrides))[:8]}"
 
 
@@ -235,14 +245,84 @@ def require_bundle(bundle: str) -> str:
     return str(bundle)
 
 
-def read_splits(bundle: str) -> dict[str, list[dict]]:
-    """The bundle's ``splits.json``: {"training", "validation", "test": [data items]}."""
-    return storage.read_json(storage.join(require_bundle(bundle), "splits.json"))
+DATA_ROOT_FILE = "data_root.json"
+"""Not hashed: ``{"splits_root": root splits.json was computed under, "data_root": default}``."""
+
+
+def _root_record(bundle: str) -> dict[str, str]:
+    p = storage.join(bundle, DATA_ROOT_FILE)
+    if storage.exists(p):
+        return storage.read_json(p)
+    import yaml  # a bundle of an earlier calibseg: the root is in data.yaml
+
+    root = yaml.safe_load(storage.read_text(storage.join(bundle, "configs", "data.yaml")))
+    root = root.get("data_root") if isinstance(root, dict) else None
+    if not isinstance(root, str) or root.startswith("$"):
+        raise FileNotFoundError(f"bundle {storage.redact(bundle)} has no {DATA_ROOT_FILE}.")
+    return {"splits_root": root, "data_root": root}
+
+
+def _normal_root(root: str) -> str:
+    root = os.path.expanduser(str(root))
+    return root.rstrip("/") if storage.is_remote(root) else os.path.abspath(root)
+
+
+def resolve_data_root(bundle: str, data_root: str | None = None) -> str:
+    """The data root of ``bundle`` for this run: ``data_root`` if given, else
+    ``$CALIBSEG_DATA_<NAME>`` of the bundle's dataset, else the recorded default
+    (``data_root.json``). Raises FileNotFoundError when the bundle is missing."""
+    if data_root:
+        return _normal_root(data_root)
+    import yaml
+
+    bundle = str(bundle)
+    cfg = yaml.safe_load(storage.read_text(storage.join(bundle, "configs", "data.yaml"))) or {}
+    env = (
+        os.environ.get(get_dataset(cfg.get("dataset", "")).env_var) if cfg.get("dataset") else None
+    )
+    if env:
+        return _normal_root(env)
+    return _root_record(bundle)["data_root"]
+
+
+def _rebase(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, list):
+        return [_rebase(v, old, new) for v in value]
+    if isinstance(value, str):
+        sep = "/" if storage.is_remote(old) else os.sep
+        if value == old or value.startswith(old.rstrip(sep) + sep):
+            rel = value[len(old.rstrip(sep)) + 1 :]
+            return storage.join(new, *rel.split(sep)) if rel else new
+    return value
+
+
+def read_splits(bundle: str, data_root: str | None = None) -> dict[str, list[dict]]:
+    """The bundle's ``splits.json``: {"training", "validation", "test": [data items]}.
+
+    With ``data_root`` (e.g. from :func:`resolve_data_root`) other than the root the splits
+    were computed under, the items' paths under that root are moved under ``data_root``."""
+    splits = storage.read_json(storage.join(require_bundle(bundle), "splits.json"))
+    if data_root is None:
+        return splits
+    old, new = _root_record(str(bundle))["splits_root"], _normal_root(data_root)
+    if old == new:
+        return splits
+    return {
+        k: [{f: _rebase(v, old, new) for f, v in it.items()} for it in items]
+        for k, items in splits.items()
+    }
+
+
+def config_files(bundle: str, debug: bool = False) -> list[str]:
+    """The bundle's config files in merge order (``debug.yaml`` only with ``debug``)."""
+    return [
+        storage.join(str(bundle), "configs", f"{c}.yaml")
+        for c in CONFIG_FILES
+        if debug or c != "debug"
+    ]
 
 
 def _compute_splits(data: str, root: str, split_seed: int, fractions) -> bytes:
-    from calibseg.data import get_dataset, make_splits
-
     spec = get_dataset(data)
     items = spec.scan(root)
     if not items:
@@ -259,7 +339,7 @@ def _marker(files: dict[str, bytes]) -> bytes:
     return (json.dumps(body, indent=2) + "\n").encode("utf-8")
 
 
-def _repair(path: str, files: dict[str, bytes], splits: Any) -> None:
+def _repair(path: str, files: dict[str, bytes], splits: Any, root_record: Any) -> None:
     """Complete an interrupted bundle at ``path``: upload the missing files, keep the present
     ones (refusing any whose bytes differ from the rendered configs), write the marker last."""
     for rel, content in files.items():
@@ -274,6 +354,9 @@ def _repair(path: str, files: dict[str, bytes], splits: Any) -> None:
     sp = storage.join(path, "splits.json")
     if not storage.exists(sp):
         storage.write_bytes(sp, splits())
+    rp = storage.join(path, DATA_ROOT_FILE)
+    if not storage.exists(rp):
+        storage.write_bytes(rp, root_record())
     storage.write_bytes(storage.join(path, COMPLETE_MARKER), _marker(files))
 
 
@@ -295,31 +378,49 @@ def create_bundle(
     """
     import yaml
 
-    files = render_bundle(data, loss, data_root=data_root, overrides=overrides)
+    files = render_bundle(data, loss, overrides=overrides)
     name = f"{data}_{loss}_{_hash_files(files)[:8]}"
     path = storage.join(str(out), name)
     data_cfg = yaml.safe_load(files["configs/data.yaml"])
-    cached: dict[str, bytes] = {}
+    cached: dict[str, Any] = {}
+
+    def root() -> str:
+        if "root" not in cached:
+            cached["root"] = _normal_root(get_dataset(data).resolve_root(data_root))
+        return cached["root"]
 
     def splits() -> bytes:  # scanned once, before anything of a new bundle is written
         if "s" not in cached:
             cached["s"] = _compute_splits(
                 data,
-                data_cfg["data_root"],
+                root(),
                 int(data_cfg.get("split_seed", 0)),
                 data_cfg.get("split_fractions", (0.6, 0.2, 0.2)),
             )
         return cached["s"]
 
+    def record(splits_root: str) -> bytes:
+        body = {"splits_root": splits_root, "data_root": root()}
+        return (json.dumps(body, indent=2) + "\n").encode("utf-8")
+
     status = bundle_status(path)
     if status == "complete":
         logger.info("bundle %s exists; reusing it", path)
+        if data_root:  # the data moved: the bundle's default root follows it
+            old = _root_record(path)
+            if old["data_root"] != root():
+                storage.write_bytes(storage.join(path, DATA_ROOT_FILE), record(old["splits_root"]))
         return path
     if status == "incomplete":
         logger.warning("bundle %s is incomplete; repairing it", storage.redact(path))
-        _repair(path, files, splits)
+        _repair(path, files, splits, lambda: record(root()))
         return path
-    content = {**files, "splits.json": splits(), COMPLETE_MARKER: _marker(files)}
+    content = {
+        **files,
+        "splits.json": splits(),
+        DATA_ROOT_FILE: record(root()),
+        COMPLETE_MARKER: _marker(files),
+    }
     if storage.is_remote(path):
         for rel, data_bytes in content.items():
             if rel != COMPLETE_MARKER:

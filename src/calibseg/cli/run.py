@@ -35,6 +35,11 @@ def register(app: typer.Typer) -> None:
             "--patience",
             help="Early stopping: validations without a Dice gain (0: off; default: the bundle's).",
         ),
+        data_root: str = typer.Option(
+            None,
+            "--data-root",
+            help="Dataset root (default: $CALIBSEG_DATA_<NAME>, else the bundle's recorded root).",
+        ),
     ) -> None:
         """Train a bundle's network; rerunning the same command resumes from the last checkpoint.
 
@@ -56,6 +61,7 @@ def register(app: typer.Typer) -> None:
             run_name=run_name,
             rater=_rater(rater),
             patience=patience,
+            data_root=data_root,
         )
         run = redact(run)
         if os.environ.get("RANK", "0") == "0":  # one line per torchrun job, not per process
@@ -77,6 +83,11 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option(
             None, "--split", help="training, validation or test (default: pred_split)."
         ),
+        data_root: str = typer.Option(
+            None,
+            "--data-root",
+            help="Dataset root (default: $CALIBSEG_DATA_<NAME>, else the bundle's recorded root).",
+        ),
     ) -> None:
         """Predict a split with a trained run: <case>_prob.nii.gz (x, y, z, C) and <case>_seg.nii.gz.
 
@@ -97,5 +108,6 @@ def register(app: typer.Typer) -> None:
             run_name=run_name,
             cases=split,
             float16=float16,
+            data_root=data_root,
         )
         console.print(f"predictions: [bold]{redact(out)}[/]", soft_wrap=True)

@@ -87,14 +87,11 @@ def get_client(
 def _progress_bar(total: int, description: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from calibseg.cli.common import console
-
     return Progress(
         f"[bold]{description}",
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
         transient=True,
     )
 
@@ -176,31 +173,25 @@ def _call(job: tuple[Callable[..., Any], dict[str, Any]]) -> Any:
 
 
 def submit_training(
-    jobs: Sequence[tuple[Callable[..., Any], dict[str, Any]]] | str,
+    jobs: Sequence[tuple[Callable[..., Any], dict[str, Any]]],
     scheduler: str | None = None,
     workers: int | None = None,
     resources: dict[str, float] | None = None,
     progress: bool = True,
-    **train_kwargs: Any,
-) -> list[Any] | Any:
+) -> list[Any]:
     """Run training jobs (e.g. ensemble members) as Dask tasks; results in job order.
 
-    Each job is ``(callable, kwargs)``; each task asks for ``resources`` (default
-    ``{"GPU": 1}``) so a worker runs one member per GPU it declares. With ``workers=N`` a
-    LocalCluster of N single-thread worker processes, each declaring those resources, is used;
-    with neither ``scheduler`` nor ``workers`` the jobs run one after another in-process.
-
-    Shorthand: ``submit_training(bundle_path, scheduler=…, seed=…, run_name=…)`` runs one
-    ``calibseg.bundles.runner.train(bundle_path, **train_kwargs)`` job and returns its result
-    (the run directory) instead of a list.
+    Each job is ``(callable, kwargs)``, e.g. ``(calibseg.bundles.runner.train, {"bundle": …,
+    "seed": 1})``; each task asks for ``resources`` (default ``{"GPU": 1}``) so a worker runs
+    one member per GPU it declares. With ``workers=N`` a LocalCluster of N single-thread worker
+    processes, each declaring those resources, is used; with neither ``scheduler`` nor
+    ``workers`` the jobs run one after another in-process.
     """
     if isinstance(jobs, str):
-        from calibseg.bundles.runner import train
-
-        job = (train, {"bundle": jobs, **train_kwargs})
-        return submit_training([job], scheduler, workers, resources, progress)[0]
-    if train_kwargs:
-        raise TypeError(f"unexpected keyword arguments {sorted(train_kwargs)} for a job list.")
+        raise TypeError(
+            "submit_training takes (callable, kwargs) jobs, e.g. "
+            "[(calibseg.bundles.runner.train, {'bundle': path})], not a bundle path."
+        )
     jobs = [(fn, dict(kw)) for fn, kw in jobs]
     for fn, _ in jobs:
         if not callable(fn):
