@@ -45,3 +45,48 @@ def test_checkpoints_survive_moving_the_data(
             "synthetic", "hardl1ace_dice_ce", out=out, data_root=synth_root, overrides=overrides
         )
     assert resolve_data_root(tiny_bundle) == synth_root
+
+
+def test_evaluate_reads_labels_under_the_given_data_root(
+    tmp_path, tiny_bundle, trained, synth_root
+):
+    """`evaluate --data-root` scores against the labels under that root, not the recorded one:
+    a moved copy whose first test label is all background reports every class as missing there."""
+    import csv
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    moved = str(tmp_path / "moved_labels")
+    shutil.copytree(synth_root, moved)
+    case = read_splits(tiny_bundle)["test"][0]
+    label_rel = os.path.relpath(case["label"], synth_root)
+    img = nib.load(os.path.join(moved, label_rel))
+    empty = np.zeros(img.shape, dtype=np.uint8)
+    nib.save(nib.Nifti1Image(empty, img.affine), os.path.join(moved, label_rel))
+    R.predict(
+        tiny_bundle,
+        checkpoint=os.path.join(trained, "checkpoints", "best.pt"),
+        run_name="eval_root",
+    )
+    calibseg = os.path.join(os.path.dirname(sys.executable), "calibseg")
+
+    def missing(root: str | None, out: str) -> dict[str, float]:
+        cmd = [calibseg, "evaluate", tiny_bundle, "--run", "eval_root", "--out", out]
+        cmd += ["--data-root", root] if root else []
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        with open(os.path.join(out, "cases.csv")) as f:
+            return {
+                r["class"]: float(r["value"])
+                for r in csv.DictReader(f)
+                if r["case"] == case["case"] and r["metric"] == "missing"
+            }
+
+    original = missing(None, str(tmp_path / "ev_orig"))
+    moved_missing = missing(moved, str(tmp_path / "ev_moved"))
+    foreground = [c for c in original if c != "background"]
+    assert len(foreground) == 3
+    assert all(original[c] == 0 for c in foreground)
+    assert all(moved_missing[c] == 1 for c in foreground)

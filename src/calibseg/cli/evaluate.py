@@ -49,6 +49,11 @@ def evaluate_cmd(
         None, "--workers", help="Start a local Dask cluster with N worker processes."
     ),
     out: str | None = typer.Option(None, "--out", help="Output folder (default <run>/evaluation)."),
+    data_root: str | None = typer.Option(
+        None,
+        "--data-root",
+        help="Dataset root (default: $CALIBSEG_DATA_<NAME>, else the bundle's recorded root).",
+    ),
 ) -> None:
     """Evaluate a run's test predictions: Dice, HD95, ECE/ACE/MCE (macro and micro) per class.
 
@@ -78,6 +83,7 @@ def evaluate_cmd(
         scheduler=scheduler,
         workers=workers,
         out_dir=out,
+        data_root=data_root,
     )
 
     def fmt(v, digits: int = 3) -> str:

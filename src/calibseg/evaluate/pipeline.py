@@ -28,6 +28,7 @@ import numpy as np
 
 from calibseg import storage
 from calibseg.binning import check_num_bins
+from calibseg.bundles import read_splits, resolve_data_root
 from calibseg.ensemble.io import load_nifti
 
 __all__ = ["evaluate_run", "evaluate_case", "REGION_DATASETS", "next_free_dir", "METRICS"]
@@ -235,7 +236,7 @@ def _finish_output(stage: str, out: str, summary: dict[str, Any]) -> None:
         raise
 
 
-def _read_bundle(bundle: str) -> tuple[list[dict], list[str], str]:
+def _read_bundle(bundle: str, data_root: str | None = None) -> tuple[list[dict], list[str], str]:
     import yaml
 
     splits_path = storage.join(bundle, "splits.json")
@@ -246,7 +247,7 @@ def _read_bundle(bundle: str) -> tuple[list[dict], list[str], str]:
                 f"{storage.redact(p)} not found: is {storage.redact(bundle)} a calibseg bundle "
                 "(calibseg bundle create …)?"
             )
-    splits = storage.read_json(splits_path)
+    splits = read_splits(bundle, resolve_data_root(bundle, data_root))
     items = splits.get("test") if isinstance(splits, dict) else None
     if not items:
         raise ValueError(f"{storage.redact(splits_path)} has no 'test' items to evaluate.")
@@ -315,6 +316,7 @@ def evaluate_run(
     workers: int | None = None,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    data_root: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the test-split predictions of ``<bundle>/<run_name>/predictions/``.
 
@@ -327,6 +329,9 @@ def evaluate_run(
     ``<bundle>/<run_name>/evaluation/`` (or ``out_dir``), or the next free ``…_2``, ``…_3``
     folder if that one already has results. Any path may be an ``s3://`` URL.
 
+    The labels are read under ``data_root`` (default: ``$CALIBSEG_DATA_<NAME>`` or the root the
+    bundle was created with; see :func:`calibseg.bundles.resolve_data_root`).
+
     Returns the summary dict (also with ``"output_dir"``).
     """
     from calibseg.distributed import map_cases, resolve_mode
@@ -334,7 +339,7 @@ def evaluate_run(
     check_num_bins(num_bins)
     resolve_mode(scheduler, workers)
     bundle = str(bundle).rstrip("/")
-    items, class_names, dataset = _read_bundle(bundle)
+    items, class_names, dataset = _read_bundle(bundle, data_root)
     run = storage.join(bundle, run_name)
     pred_dir = storage.join(run, "predictions")
     tasks = []
