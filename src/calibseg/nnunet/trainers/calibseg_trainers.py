@@ -7,7 +7,9 @@ preprocessing, data augmentation, checkpoints and logs are nnU-Net's own.
 - ``nnUNetTrainerHardL1ACE`` / ``nnUNetTrainerSoftL1ACE``: the same plus
   ``ace_weight × mL1-ACE`` (hard or soft binning, ``ace_num_bins`` bins) at every
   deep-supervision resolution, inside nnU-Net's ``DeepSupervisionWrapper`` (its weights,
-  regions and ignore label are kept; ignored voxels are left out of the binning).
+  regions and ignore label are kept; ignored voxels are left out of the binning). As in the
+  mL1-ACE paper, an (image, class) pair whose target is empty in the patch is left out of the
+  ACE mean (``make_ace``'s ``ignore_empty_classes=True``).
 
 Run options are set with :meth:`nnUNetTrainerCalibseg.set_options` before ``initialize()``
 (the constructor keeps nnU-Net's signature, which nnU-Net records in its checkpoints):
@@ -211,13 +213,15 @@ class nnUNetTrainerCalibseg(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming)
 
 
 class nnUNetTrainerHardL1ACE(nnUNetTrainerCalibseg):  # noqa: N801
-    """Dice+CE + ``ace_weight`` × hard-binned mL1-ACE."""
+    """Dice+CE + ``ace_weight`` × hard-binned mL1-ACE (classes absent from an image's target
+    left out of its mean, as in the paper)."""
 
     ace_loss = "hardl1ace"
 
 
 class nnUNetTrainerSoftL1ACE(nnUNetTrainerCalibseg):  # noqa: N801
-    """Dice+CE + ``ace_weight`` × soft-binned mL1-ACE."""
+    """Dice+CE + ``ace_weight`` × soft-binned mL1-ACE (classes absent from an image's target
+    left out of its mean, as in the paper)."""
 
     ace_loss = "softl1ace"
 
