@@ -23,6 +23,7 @@ from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO  # noqa: E402
 from calibseg.data.synthetic import generate  # noqa: E402
 from calibseg.ensemble.io import read_probabilities  # noqa: E402
 from calibseg.nnunet import trainer_path  # noqa: E402
+from calibseg.nnunet.options import TrainOptions  # noqa: E402
 from calibseg.nnunet.runner import build_trainer, load_checkpoint, nnunet_env, train  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -321,7 +322,7 @@ def test_seed_controls_he_initialisation(study, tmp_path):
     with nnunet_env(nnUNet_results=str(tmp_path), **env):
         weights = []
         for seed in (3, 3, 4):
-            t = build_trainer(901, "3d_fullres", 0, loss="softl1ace", seed=seed)
+            t = build_trainer(901, "3d_fullres", 0, "softl1ace", TrainOptions(seed=seed))
             t.initialize()
             weights.append(torch.cat([p.detach().flatten() for p in t.network.parameters()]))
     assert torch.equal(weights[0], weights[1])
@@ -337,12 +338,14 @@ def test_early_stopping_on_pseudo_dice(study, tmp_path):
             "3d_fullres",
             0,
             loss="dicece",
-            seed=1,
-            patience=1,
-            min_delta=1.0,
-            epochs=6,
-            iterations_per_epoch=1,
-            val_iterations_per_epoch=1,
+            options=TrainOptions(
+                seed=1,
+                patience=1,
+                min_delta=1.0,
+                epochs=6,
+                iterations_per_epoch=1,
+                val_iterations_per_epoch=1,
+            ),
             results=str(tmp_path),
             validate=False,
         )

@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from calibseg import storage
 from calibseg.ensemble.members import member_name
 from calibseg.nnunet import trainer_path
+from calibseg.nnunet.options import TrainOptions
 from calibseg.nnunet.trainers import TRAINERS, nnUNetTrainerCalibseg
 
 __all__ = [
@@ -145,14 +147,7 @@ def build_trainer(
     configuration: str,
     fold: int | str,
     loss: str = "dicece",
-    seed: int | None = None,
-    patience: int = 0,
-    min_delta: float = 0.0,
-    ace_weight: float = 1.0,
-    num_bins: int = 20,
-    epochs: int | None = None,
-    iterations_per_epoch: int | None = None,
-    val_iterations_per_epoch: int | None = None,
+    options: TrainOptions | None = None,
     plans: str = "nnUNetPlans",
     device: str = "cpu",
     continue_training: bool = False,
@@ -189,16 +184,7 @@ def build_trainer(
         dataset_json=dataset_json,
         device=torch.device(device),
     )
-    trainer.set_options(
-        seed=seed,
-        patience=patience,
-        min_delta=min_delta,
-        ace_weight=ace_weight,
-        ace_num_bins=num_bins,
-        epochs=epochs,
-        iterations_per_epoch=iterations_per_epoch,
-        val_iterations_per_epoch=val_iterations_per_epoch,
-    )
+    trainer.set_options(options or TrainOptions())
     return trainer
 
 
@@ -207,14 +193,7 @@ def train(
     configuration: str,
     fold: int | str,
     loss: str = "dicece",
-    seed: int | None = None,
-    patience: int = 0,
-    min_delta: float = 0.0,
-    ace_weight: float = 1.0,
-    num_bins: int = 20,
-    epochs: int | None = None,
-    iterations_per_epoch: int | None = None,
-    val_iterations_per_epoch: int | None = None,
+    options: TrainOptions | None = None,
     plans: str = "nnUNetPlans",
     device: str = "cpu",
     results: str | None = None,
@@ -224,33 +203,18 @@ def train(
     """Train one nnU-Net model with a calibseg trainer; returns its fold folder.
 
     ``loss``: ``dicece`` (nnU-Net's Dice+CE), ``hardl1ace`` or ``softl1ace`` (Dice+CE +
-    ``ace_weight`` × mL1-ACE with ``num_bins`` bins). ``seed`` seeds He initialisation and data
-    order; ``patience`` > 0 stops when the EMA validation pseudo-Dice has not risen by more
-    than ``min_delta`` for that many epochs. ``epochs``/``iterations_per_epoch``/
-    ``val_iterations_per_epoch`` override nnU-Net's 1000/250/50. ``results`` replaces
-    ``nnUNet_results`` for this run. With ``validate`` nnU-Net's final validation on the fold's
-    validation cases runs afterwards (as ``nnUNetv2_train`` does).
+    ``ace_weight`` × mL1-ACE with ``num_bins`` bins). ``options``: seed, early stopping, ACE
+    weight and bins, shorter runs (:class:`~calibseg.nnunet.options.TrainOptions`; default:
+    nnU-Net's run, unseeded). ``results`` replaces ``nnUNet_results`` for this run. With
+    ``validate`` nnU-Net's final validation on the fold's validation cases runs afterwards (as
+    ``nnUNetv2_train`` does).
 
     Raises ValueError for an unknown loss, fold or configuration or missing
     nnU-Net folders, FileNotFoundError if the dataset is not preprocessed.
     """
     with nnunet_env(nnUNet_results=results):
         trainer = build_trainer(
-            dataset,
-            configuration,
-            fold,
-            loss=loss,
-            seed=seed,
-            patience=patience,
-            min_delta=min_delta,
-            ace_weight=ace_weight,
-            num_bins=num_bins,
-            epochs=epochs,
-            iterations_per_epoch=iterations_per_epoch,
-            val_iterations_per_epoch=val_iterations_per_epoch,
-            plans=plans,
-            device=device,
-            continue_training=continue_training,
+            dataset, configuration, fold, loss, options, plans, device, continue_training
         )
         if continue_training:
             for ck in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
@@ -404,6 +368,7 @@ def train_members(
     configuration: str,
     fold: int | str = 0,
     loss: str = "dicece",
+    options: TrainOptions | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
     on_done: Callable[[str, str], None] | None = None,
@@ -411,7 +376,8 @@ def train_members(
 ) -> dict[str, str]:
     """Train one member per (rater, seed): ``datasets`` maps a rater (1-based int or
     ``"majority"``) to its nnU-Net dataset; member ``rater<k>_seed<s>`` (``majority_seed<s>``)
-    trains into ``<out>/<member>/`` as its ``nnUNet_results``. Returns ``{member: fold folder}``.
+    trains into ``<out>/<member>/`` as its ``nnUNet_results`` with ``options`` and its seed.
+    ``train_kwargs`` go to :func:`train`. Returns ``{member: fold folder}``.
 
     With ``scheduler`` or ``workers`` the members are Dask tasks
     (:func:`calibseg.distributed.submit_training`), otherwise they run one after another.
@@ -427,7 +393,7 @@ def train_members(
                 "configuration": configuration,
                 "fold": fold,
                 "loss": loss,
-                "seed": int(s),
+                "options": replace(options or TrainOptions(), seed=int(s)),
                 "results": os.path.abspath(os.path.join(out, name)),
                 **train_kwargs,
             }
