@@ -93,3 +93,25 @@ def test_bad_arguments():
         make_ace("focal")
     with pytest.raises(ValueError, match="ace_weight"):
         ACEPlusLoss(Zero(), make_ace("hardl1ace"), -1.0)
+
+
+def test_empty_classes_are_left_out_of_the_mean_by_default():
+    # 3 classes, 4 voxels, 2 bins (centres 0.25, 0.75); class 2 is absent from the target.
+    # hard: class 0: p 0.7, 0.6 (gt 1) | 0.2, 0.3 (gt 0): |0.65 - 1| = 0.35, |0.25 - 0| = 0.25
+    #   → 0.3; class 1 (the same values) → 0.3; class 2: p 0.1 everywhere, gt 0 → 0.1
+    # soft: class 0 weights to bin 0 / bin 1: 0.7 → 0.1/0.9, 0.6 → 0.3/0.7, 0.2 → 1/0, 0.3 →
+    #   0.9/0.1; bin 0: mean p 0.72/2.3, mean gt 0.4/2.3 → 0.32/2.3; bin 1: mean p 1.08/1.7,
+    #   mean gt 1.6/1.7 → 0.52/1.7; ACE (0.32/2.3 + 0.52/1.7)/2; class 1 the same; class 2 0.1
+    # the paper's default leaves class 2 out: mean of 2 pairs; with it: mean of 3
+    soft = (0.32 / 2.3 + 0.52 / 1.7) / 2
+    expected = {"hardl1ace": (0.3, 0.7 / 3), "softl1ace": (soft, (2 * soft + 0.1) / 3)}
+    probs = torch.tensor(
+        [[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.3, 0.6, 0.1]], dtype=torch.float64
+    )
+    logits = torch.log(probs).T[None, :, :, None].float()  # [1, 3, 4, 1]
+    target = torch.tensor([0, 0, 1, 1])[None, None, :, None]
+    for kind, (left_out, kept) in expected.items():
+        default = ACEPlusLoss(Zero(), make_ace(kind, num_bins=2), 1.0)
+        with_empty = ACEPlusLoss(Zero(), make_ace(kind, 2, ignore_empty_classes=False), 1.0)
+        assert default(logits, target).item() == pytest.approx(left_out, abs=1e-5)
+        assert with_empty(logits, target).item() == pytest.approx(kept, abs=1e-5)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Annotated
+
 import typer
 
 from calibseg.cli.common import CalibsegError, console
+from calibseg.nnunet.options import TrainOptions
 
 app = typer.Typer(no_args_is_help=True)
 ensemble_app = typer.Typer(no_args_is_help=True)
@@ -95,50 +102,69 @@ def convert(
                 console.print(f"preprocessed → {p}")
 
 
-def _train_options(
-    loss: str,
-    patience: int,
-    min_delta: float,
-    ace_weight: float,
-    num_bins: int,
-    epochs: int | None,
-    iterations: int | None,
-    val_iterations: int | None,
-    device: str,
-    validate: bool,
-) -> dict:
-    return {
-        "loss": loss,
-        "patience": patience,
-        "min_delta": min_delta,
-        "ace_weight": ace_weight,
-        "num_bins": num_bins,
-        "epochs": epochs,
-        "iterations_per_epoch": iterations,
-        "val_iterations_per_epoch": val_iterations,
-        "device": device,
-        "validate": validate,
+def _option(name: str, annotation: type, default, help: str) -> inspect.Parameter:
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=default,
+        annotation=Annotated[annotation, typer.Option(help=help)],
+    )
+
+
+# training options shared by `train` and `ensemble train` (the seed is each command's own)
+_TRAIN_OPTIONS = (
+    _option("loss", str, "hardl1ace", _LOSS_HELP),
+    _option("patience", int, 0, "Early stopping: epochs without EMA pseudo-Dice gain."),
+    _option("min_delta", float, 0.0, "Early stopping: smallest gain that counts."),
+    _option("ace_weight", float, 1.0, "Weight of the mL1-ACE term."),
+    _option("num_bins", int, 20, "Bins of the mL1-ACE term."),
+    _option("epochs", int | None, None, "Epochs (nnU-Net: 1000)."),
+    _option("iterations", int | None, None, "Training iterations per epoch (250)."),
+    _option("val_iterations", int | None, None, "Validation iterations per epoch (50)."),
+    _option("device", str, "cpu", "cpu or cuda."),
+    _option("validate", bool, True, "Run nnU-Net's final validation afterwards."),
+)
+
+
+def _with_train_options(command: Callable) -> Callable:
+    """Add the shared training options to ``command``, which receives them as ``run``:
+    ``{"loss", "options" (TrainOptions without seed), "device", "validate"}``."""
+    sig = inspect.signature(command, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name != "run"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        v = {p.name: kwargs.pop(p.name) for p in _TRAIN_OPTIONS}
+        options = TrainOptions(
+            patience=v["patience"],
+            min_delta=v["min_delta"],
+            ace_weight=v["ace_weight"],
+            num_bins=v["num_bins"],
+            epochs=v["epochs"],
+            iterations_per_epoch=v["iterations"],
+            val_iterations_per_epoch=v["val_iterations"],
+        )
+        run = {"loss": v["loss"], "options": options, "device": v["device"]}
+        return command(run={**run, "validate": v["validate"]}, **kwargs)
+
+    del wrapper.__wrapped__  # typer reads the signature below, not the command's
+    wrapper.__signature__ = sig.replace(parameters=[*own, *_TRAIN_OPTIONS])
+    wrapper.__annotations__ = {
+        p.name: p.annotation for p in wrapper.__signature__.parameters.values()
     }
+    return wrapper
 
 
 @app.command("train")
+@_with_train_options
 def train(
     dataset: str = typer.Argument(..., help="nnU-Net dataset id or DatasetXXX_Name."),
     configuration: str = typer.Argument(..., help="nnU-Net configuration, e.g. 3d_fullres."),
     fold: str = typer.Argument(..., help="Fold (0-4) or 'all'."),
-    loss: str = typer.Option("hardl1ace", help=_LOSS_HELP),
     seed: int | None = typer.Option(None, help="Seed of He initialisation and data order."),
-    patience: int = typer.Option(0, help="Early stopping: epochs without EMA pseudo-Dice gain."),
-    min_delta: float = typer.Option(0.0, help="Early stopping: smallest gain that counts."),
-    ace_weight: float = typer.Option(1.0, help="Weight of the mL1-ACE term."),
-    num_bins: int = typer.Option(20, help="Bins of the mL1-ACE term."),
-    epochs: int | None = typer.Option(None, help="Epochs (nnU-Net: 1000)."),
-    iterations: int | None = typer.Option(None, help="Training iterations per epoch (250)."),
-    val_iterations: int | None = typer.Option(None, help="Validation iterations per epoch (50)."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
     results: str | None = typer.Option(None, help="Results folder (default: $nnUNet_results)."),
     resume: bool = typer.Option(False, "--continue", help="Continue from the last checkpoint."),
-    validate: bool = typer.Option(True, help="Run nnU-Net's final validation afterwards."),
+    run: dict | None = None,
 ) -> None:
     """Train one nnU-Net model with a calibseg trainer (a normal nnU-Net results folder).
 
@@ -151,26 +177,15 @@ def train(
         int(dataset) if dataset.isdigit() else dataset,
         configuration,
         fold,
-        seed=seed,
         results=results,
         continue_training=resume,
-        **_train_options(
-            loss,
-            patience,
-            min_delta,
-            ace_weight,
-            num_bins,
-            epochs,
-            iterations,
-            val_iterations,
-            device,
-            validate,
-        ),
+        **{**run, "options": replace(run["options"], seed=seed)},
     )
     console.print(f"[green]trained[/] → {out}")
 
 
 @ensemble_app.command("train")
+@_with_train_options
 def ensemble_train(
     out: str = typer.Argument(..., help="Ensemble folder: one member folder per rater × seed."),
     dataset_id: int = typer.Option(..., "--id", help="Dataset id of rater 1 (as in convert)."),
@@ -178,18 +193,9 @@ def ensemble_train(
     seeds: str = typer.Option("11,22,33", help="Comma-separated seeds."),
     configuration: str = typer.Option("3d_fullres", help="nnU-Net configuration."),
     fold: str = typer.Option("0", help="Fold (0-4) or 'all'."),
-    loss: str = typer.Option("hardl1ace", help=_LOSS_HELP),
-    patience: int = typer.Option(0, help="Early stopping: epochs without EMA pseudo-Dice gain."),
-    min_delta: float = typer.Option(0.0, help="Early stopping: smallest gain that counts."),
-    ace_weight: float = typer.Option(1.0, help="Weight of the mL1-ACE term."),
-    num_bins: int = typer.Option(20, help="Bins of the mL1-ACE term."),
-    epochs: int | None = typer.Option(None, help="Epochs (nnU-Net: 1000)."),
-    iterations: int | None = typer.Option(None, help="Training iterations per epoch (250)."),
-    val_iterations: int | None = typer.Option(None, help="Validation iterations per epoch (50)."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
-    validate: bool = typer.Option(True, help="Run nnU-Net's final validation per member."),
     scheduler: str | None = typer.Option(None, help="Dask scheduler address for the members."),
     workers: int | None = typer.Option(None, help="Train members on N local Dask workers."),
+    run: dict | None = None,
 ) -> None:
     """Train one nnU-Net member per (rater, seed) into OUT/rater<k>_seed<s>/.
 
@@ -213,18 +219,7 @@ def ensemble_train(
         scheduler=scheduler,
         workers=workers,
         on_done=lambda n, d: console.print(f"[green]done[/] {n} → {d}"),
-        **_train_options(
-            loss,
-            patience,
-            min_delta,
-            ace_weight,
-            num_bins,
-            epochs,
-            iterations,
-            val_iterations,
-            device,
-            validate,
-        ),
+        **run,
     )
     console.print(f"{len(runs)} members trained in {out}")
 

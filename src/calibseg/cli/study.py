@@ -6,7 +6,20 @@ import json
 
 import typer
 
+from calibseg.bundles import LOSSES as BUNDLE_LOSSES
 from calibseg.cli.common import console, print_table
+from calibseg.nnunet import study_losses as nnunet_losses
+
+_LOSSES_HELP = (
+    "Comma-separated losses; the first is the baseline of the paired tests. Bundle losses: "
+    + ", ".join(BUNDLE_LOSSES)
+    + "."
+    + (
+        f" nnU-Net trainers ({', '.join(nnunet_losses())}) train with calibseg nnunet."
+        if nnunet_losses()
+        else ""
+    )
+)
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
@@ -85,7 +98,7 @@ def register(app: typer.Typer) -> None:
         losses: str = typer.Option(
             "baseline_dice_ce,hardl1ace_dice_ce,softl1ace_dice_ce",
             "--losses",
-            help="Comma-separated losses; the first is the baseline of the paired tests.",
+            help=_LOSSES_HELP,
         ),
         seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated run seeds."),
         epochs: int = typer.Option(None, "--epochs", help="Maximum epochs (default: bundle's)."),

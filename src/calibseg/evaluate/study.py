@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from calibseg import storage
+from calibseg.bundles import LOSSES as BUNDLE_LOSSES
+from calibseg.nnunet import study_losses as nnunet_losses
 
 __all__ = [
     "StudySettings",
@@ -77,6 +79,16 @@ class StudySettings:
             raise ValueError("a study needs at least one loss.")
         if len(set(self.losses)) != len(self.losses):
             raise ValueError(f"losses must be distinct, got {list(self.losses)}.")
+        for loss in self.losses:
+            if loss in nnunet_losses():
+                raise ValueError(
+                    f"{loss} is an nnU-Net trainer, trained by nnU-Net's pipeline: calibseg "
+                    f"nnunet ensemble train … --loss {loss.removeprefix('nnunet_')} (a study "
+                    "trains MONAI bundles)."
+                )
+            if loss not in BUNDLE_LOSSES:
+                valid = ", ".join((*BUNDLE_LOSSES, *nnunet_losses()))
+                raise ValueError(f"unknown loss {loss!r}; valid losses: {valid}.")
         if not self.seeds or any(isinstance(s, bool) or int(s) < 0 for s in self.seeds):
             raise ValueError(f"seeds must be integers >= 0, got {list(self.seeds)}.")
         if len(set(self.seeds)) != len(self.seeds):

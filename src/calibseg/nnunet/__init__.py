@@ -15,7 +15,14 @@ from __future__ import annotations
 import importlib.util
 import os
 
-__all__ = ["INSTALL_HINT", "LOSSES", "nnunet_available", "require_nnunet", "trainer_path"]
+__all__ = [
+    "INSTALL_HINT",
+    "LOSSES",
+    "nnunet_available",
+    "require_nnunet",
+    "study_losses",
+    "trainer_path",
+]
 
 INSTALL_HINT = (
     "nnU-Net is not installed: pip install 'calibseg[nnunet]' (in a calibseg checkout: make nnunet)"
@@ -34,6 +41,12 @@ def require_nnunet() -> None:
     """Raise RuntimeError with the install command when nnunetv2 is missing."""
     if not nnunet_available():
         raise RuntimeError(INSTALL_HINT)
+
+
+def study_losses() -> tuple[str, ...]:
+    """The trainers' losses as a study names them (``nnunet_<loss>``) when nnunetv2 is
+    installed, else ``()``. They train through ``calibseg nnunet``, not MONAI bundles."""
+    return tuple(f"nnunet_{loss}" for loss in LOSSES) if nnunet_available() else ()
 
 
 def trainer_path() -> str:

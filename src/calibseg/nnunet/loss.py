@@ -24,15 +24,23 @@ __all__ = ["ACE_LOSSES", "ACEPlusLoss", "make_ace"]
 ACE_LOSSES = ("hardl1ace", "softl1ace")
 
 
-def make_ace(kind: str, num_bins: int = 20) -> HardL1ACELoss | SoftL1ACELoss:
+def make_ace(
+    kind: str, num_bins: int = 20, ignore_empty_classes: bool = True
+) -> HardL1ACELoss | SoftL1ACELoss:
     """calibseg's mL1-ACE loss on probabilities and one-hot targets (all channels, mean).
 
+    ``ignore_empty_classes`` (default True, as in the mL1-ACE paper's code): an (image, class)
+    pair whose target is all zero is left out and the mean runs over the remaining pairs.
     Raises ValueError for an unknown ``kind`` (``hardl1ace`` or ``softl1ace``).
     """
     if kind == "hardl1ace":
-        return HardL1ACELoss(num_bins=num_bins, include_background=True)
+        return HardL1ACELoss(
+            num_bins=num_bins, include_background=True, ignore_empty_classes=ignore_empty_classes
+        )
     if kind == "softl1ace":
-        return SoftL1ACELoss(num_bins=num_bins, include_background=True)
+        return SoftL1ACELoss(
+            num_bins=num_bins, include_background=True, ignore_empty_classes=ignore_empty_classes
+        )
     raise ValueError(f"unknown ACE loss {kind!r}: use {' or '.join(ACE_LOSSES)}.")
 
 

@@ -27,7 +27,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 
+import numpy as np
 import torch
 from nnunetv2.experiment_planning.plan_and_preprocess_api import (
     extract_fingerprints,
@@ -36,10 +38,14 @@ from nnunetv2.experiment_planning.plan_and_preprocess_api import (
 )
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from calibseg import storage
 from calibseg.ensemble.members import member_name
 from calibseg.nnunet import trainer_path
+from calibseg.nnunet.options import TrainOptions
 from calibseg.nnunet.trainers import TRAINERS, nnUNetTrainerCalibseg
 
 __all__ = [
@@ -49,6 +55,7 @@ __all__ = [
     "build_trainer",
     "train",
     "model_folder",
+    "load_checkpoint",
     "predict",
     "train_members",
     "predict_members",
@@ -62,7 +69,7 @@ ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 def _require_env(*names: str) -> dict[str, str]:
     missing = [n for n in names if not os.environ.get(n)]
     if missing:
-        raise RuntimeError(
+        raise ValueError(
             f"set nnU-Net's environment variable(s) {', '.join(missing)} "
             "(folders for raw data, preprocessed data and results)."
         )
@@ -102,7 +109,8 @@ def plan_and_preprocess(
     """nnU-Net's fingerprint extraction, experiment planning and preprocessing (its Python
     API, as ``nnUNetv2_plan_and_preprocess``); returns the preprocessed dataset folders.
 
-    Raises RuntimeError if ``nnUNet_raw``/``nnUNet_preprocessed`` are not set.
+    ``nnUNet_n_proc_DA=0`` (no augmentation workers in training) is read as 1 while planning.
+    Raises ValueError if ``nnUNet_raw``/``nnUNet_preprocessed`` are not set.
     """
     env = _require_env("nnUNet_raw", "nnUNet_preprocessed")
     ids = [int(i) for i in dataset_ids]
@@ -111,7 +119,11 @@ def plan_and_preprocess(
     extract_fingerprints(
         ids, num_processes=num_processes, check_dataset_integrity=verify, show_progress_bar=False
     )
-    plan_experiments(ids)
+    # nnU-Net's planner sets torch's thread count to nnUNet_n_proc_DA while it sizes a
+    # network; 0 (no augmentation workers, valid for training) would fail there
+    da = os.environ.get("nnUNet_n_proc_DA")
+    with nnunet_env(nnUNet_n_proc_DA="1" if da is not None and da.strip() == "0" else None):
+        plan_experiments(ids)
     preprocess(
         ids,
         configurations=tuple(configurations),
@@ -135,14 +147,7 @@ def build_trainer(
     configuration: str,
     fold: int | str,
     loss: str = "dicece",
-    seed: int | None = None,
-    patience: int = 0,
-    min_delta: float = 0.0,
-    ace_weight: float = 1.0,
-    num_bins: int = 20,
-    epochs: int | None = None,
-    iterations_per_epoch: int | None = None,
-    val_iterations_per_epoch: int | None = None,
+    options: TrainOptions | None = None,
     plans: str = "nnUNetPlans",
     device: str = "cpu",
     continue_training: bool = False,
@@ -179,16 +184,7 @@ def build_trainer(
         dataset_json=dataset_json,
         device=torch.device(device),
     )
-    trainer.set_options(
-        seed=seed,
-        patience=patience,
-        min_delta=min_delta,
-        ace_weight=ace_weight,
-        ace_num_bins=num_bins,
-        epochs=epochs,
-        iterations_per_epoch=iterations_per_epoch,
-        val_iterations_per_epoch=val_iterations_per_epoch,
-    )
+    trainer.set_options(options or TrainOptions())
     return trainer
 
 
@@ -197,14 +193,7 @@ def train(
     configuration: str,
     fold: int | str,
     loss: str = "dicece",
-    seed: int | None = None,
-    patience: int = 0,
-    min_delta: float = 0.0,
-    ace_weight: float = 1.0,
-    num_bins: int = 20,
-    epochs: int | None = None,
-    iterations_per_epoch: int | None = None,
-    val_iterations_per_epoch: int | None = None,
+    options: TrainOptions | None = None,
     plans: str = "nnUNetPlans",
     device: str = "cpu",
     results: str | None = None,
@@ -214,33 +203,18 @@ def train(
     """Train one nnU-Net model with a calibseg trainer; returns its fold folder.
 
     ``loss``: ``dicece`` (nnU-Net's Dice+CE), ``hardl1ace`` or ``softl1ace`` (Dice+CE +
-    ``ace_weight`` × mL1-ACE with ``num_bins`` bins). ``seed`` seeds He initialisation and data
-    order; ``patience`` > 0 stops when the EMA validation pseudo-Dice has not risen by more
-    than ``min_delta`` for that many epochs. ``epochs``/``iterations_per_epoch``/
-    ``val_iterations_per_epoch`` override nnU-Net's 1000/250/50. ``results`` replaces
-    ``nnUNet_results`` for this run. With ``validate`` nnU-Net's final validation on the fold's
-    validation cases runs afterwards (as ``nnUNetv2_train`` does).
+    ``ace_weight`` × mL1-ACE with ``num_bins`` bins). ``options``: seed, early stopping, ACE
+    weight and bins, shorter runs (:class:`~calibseg.nnunet.options.TrainOptions`; default:
+    nnU-Net's run, unseeded). ``results`` replaces ``nnUNet_results`` for this run. With
+    ``validate`` nnU-Net's final validation on the fold's validation cases runs afterwards (as
+    ``nnUNetv2_train`` does).
 
-    Raises ValueError for an unknown loss, fold or configuration, RuntimeError for missing
+    Raises ValueError for an unknown loss, fold or configuration or missing
     nnU-Net folders, FileNotFoundError if the dataset is not preprocessed.
     """
     with nnunet_env(nnUNet_results=results):
         trainer = build_trainer(
-            dataset,
-            configuration,
-            fold,
-            loss=loss,
-            seed=seed,
-            patience=patience,
-            min_delta=min_delta,
-            ace_weight=ace_weight,
-            num_bins=num_bins,
-            epochs=epochs,
-            iterations_per_epoch=iterations_per_epoch,
-            val_iterations_per_epoch=val_iterations_per_epoch,
-            plans=plans,
-            device=device,
-            continue_training=continue_training,
+            dataset, configuration, fold, loss, options, plans, device, continue_training
         )
         if continue_training:
             for ck in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
@@ -269,6 +243,64 @@ def model_folder(
         name = maybe_convert_to_dataset_name(dataset if isinstance(dataset, int) else str(dataset))
         trainer = TRAINERS[loss].__name__
         return os.path.join(env["nnUNet_results"], name, f"{trainer}__{plans}__{configuration}")
+
+
+# non-tensor values of nnU-Net's checkpoints (NumPy scalars in its logs), allowed by
+# torch.load(weights_only=True)
+_CHECKPOINT_GLOBALS = [
+    np.dtype,
+    np._core.multiarray.scalar,
+    *(t for t in vars(np.dtypes).values() if isinstance(t, type) and issubclass(t, np.dtype)),
+]
+
+
+def load_checkpoint(path: str) -> dict:
+    """An nnU-Net checkpoint (``network_weights``, ``trainer_name``, ``init_args``, …) loaded
+    with ``torch.load(weights_only=True)`` (tensors, plain types and NumPy scalars only)."""
+    with torch.serialization.safe_globals(_CHECKPOINT_GLOBALS):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _trainer_class(name: str) -> type:
+    """calibseg's trainer of that name, else nnU-Net's lookup in its own package and
+    ``nnUNet_extTrainer`` (which imports every nnU-Net trainer module, some of them needing
+    timm)."""
+    for cls in TRAINERS.values():
+        if cls.__name__ == name:
+            return cls
+    return recursive_find_trainer_class_by_name(name)
+
+
+def _initialize_predictor(
+    predictor: nnUNetPredictor, model: str, folds: Sequence[int | str], checkpoint: str
+) -> None:
+    """``nnUNetPredictor.initialize_from_trained_model_folder`` for a model folder, finding
+    calibseg's trainers directly and loading the checkpoints with ``weights_only=True``."""
+    with open(os.path.join(model, "dataset.json")) as fh:
+        dataset_json = json.load(fh)
+    with open(os.path.join(model, "plans.json")) as fh:
+        plans_manager = PlansManager(json.load(fh))
+    checkpoints = [load_checkpoint(os.path.join(model, f"fold_{f}", checkpoint)) for f in folds]
+    first = checkpoints[0]
+    configuration = plans_manager.get_configuration(first["init_args"]["configuration"])
+    network = _trainer_class(first["trainer_name"]).build_network_architecture(
+        plans_manager,
+        configuration,
+        determine_num_input_channels(plans_manager, configuration, dataset_json),
+        plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
+        enable_deep_supervision=False,
+    )
+    parameters = [ck["network_weights"] for ck in checkpoints]
+    network.load_state_dict(parameters[0])
+    predictor.manual_initialization(
+        network,
+        plans_manager,
+        configuration,
+        parameters,
+        dataset_json,
+        first["trainer_name"],
+        first.get("inference_allowed_mirroring_axes"),
+    )
 
 
 def predict(
@@ -309,9 +341,7 @@ def predict(
                 device=torch.device(device),
                 allow_tqdm=False,
             )
-            predictor.initialize_from_trained_model_folder(
-                model, use_folds=tuple(_fold(x) for x in folds), checkpoint_name=checkpoint
-            )
+            _initialize_predictor(predictor, model, [_fold(x) for x in folds], checkpoint)
             predictor.predict_from_files(
                 input_folder,
                 tmp,
@@ -338,6 +368,7 @@ def train_members(
     configuration: str,
     fold: int | str = 0,
     loss: str = "dicece",
+    options: TrainOptions | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
     on_done: Callable[[str, str], None] | None = None,
@@ -345,7 +376,8 @@ def train_members(
 ) -> dict[str, str]:
     """Train one member per (rater, seed): ``datasets`` maps a rater (1-based int or
     ``"majority"``) to its nnU-Net dataset; member ``rater<k>_seed<s>`` (``majority_seed<s>``)
-    trains into ``<out>/<member>/`` as its ``nnUNet_results``. Returns ``{member: fold folder}``.
+    trains into ``<out>/<member>/`` as its ``nnUNet_results`` with ``options`` and its seed.
+    ``train_kwargs`` go to :func:`train`. Returns ``{member: fold folder}``.
 
     With ``scheduler`` or ``workers`` the members are Dask tasks
     (:func:`calibseg.distributed.submit_training`), otherwise they run one after another.
@@ -361,7 +393,7 @@ def train_members(
                 "configuration": configuration,
                 "fold": fold,
                 "loss": loss,
-                "seed": int(s),
+                "options": replace(options or TrainOptions(), seed=int(s)),
                 "results": os.path.abspath(os.path.join(out, name)),
                 **train_kwargs,
             }

@@ -5,14 +5,16 @@ preprocessing, data augmentation, checkpoints and logs are nnU-Net's own.
 
 - ``nnUNetTrainerCalibseg``: nnU-Net's Dice+CE (Dice+BCE for regions) with the run options.
 - ``nnUNetTrainerHardL1ACE`` / ``nnUNetTrainerSoftL1ACE``: the same plus
-  ``ace_weight × mL1-ACE`` (hard or soft binning, ``ace_num_bins`` bins) at every
+  ``ace_weight × mL1-ACE`` (hard or soft binning, ``num_bins`` bins) at every
   deep-supervision resolution, inside nnU-Net's ``DeepSupervisionWrapper`` (its weights,
-  regions and ignore label are kept; ignored voxels are left out of the binning).
+  regions and ignore label are kept; ignored voxels are left out of the binning). As in the
+  mL1-ACE paper, an (image, class) pair whose target is empty in the patch is left out of the
+  ACE mean (``make_ace``'s ``ignore_empty_classes=True``).
 
-Run options are set with :meth:`nnUNetTrainerCalibseg.set_options` before ``initialize()``
-(the constructor keeps nnU-Net's signature, which nnU-Net records in its checkpoints):
-``seed`` (He initialisation of the network and data order through Python's, NumPy's and
-torch's generators; with nnU-Net's background augmentation workers, ``nnUNet_n_proc_DA > 0``,
+Run options (:class:`calibseg.nnunet.options.TrainOptions`) are set with
+:meth:`nnUNetTrainerCalibseg.set_options` before ``initialize()`` (the constructor keeps
+nnU-Net's signature, which nnU-Net records in its checkpoints): ``seed`` (He initialisation
+of the network and data order through Python's, NumPy's and torch's generators; with nnU-Net's background augmentation workers, ``nnUNet_n_proc_DA > 0``,
 their augmentation draws are not seeded), ``patience``/``min_delta`` (stop when nnU-Net's
 EMA validation pseudo-Dice has not risen by more than ``min_delta`` for ``patience`` epochs;
 the final checkpoint is written as after a full run), ``epochs``, ``iterations_per_epoch``
@@ -34,6 +36,7 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from calibseg.nnunet.loss import ACEPlusLoss, make_ace
+from calibseg.nnunet.options import TrainOptions
 
 __all__ = [
     "OPTIONS_FILE",
@@ -84,67 +87,35 @@ class nnUNetTrainerCalibseg(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming)
         device: torch.device = torch.device("cuda"),
     ) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.seed: int | None = None
-        self.patience = 0
-        self.min_delta = 0.0
-        self.ace_weight = 1.0
-        self.ace_num_bins = 20
+        self.run_options = TrainOptions()
         self.stopped_early = False
 
-    def set_options(
-        self,
-        seed: int | None = None,
-        patience: int = 0,
-        min_delta: float = 0.0,
-        ace_weight: float = 1.0,
-        ace_num_bins: int = 20,
-        epochs: int | None = None,
-        iterations_per_epoch: int | None = None,
-        val_iterations_per_epoch: int | None = None,
-    ) -> None:
-        """Set the run options (before ``initialize()``); None keeps nnU-Net's value.
+    def set_options(self, options: TrainOptions) -> None:
+        """Set the run options (before ``initialize()``); None fields keep nnU-Net's values.
 
-        Raises RuntimeError after initialisation and ValueError for out-of-range values.
+        Raises RuntimeError after initialisation.
         """
         if self.was_initialized:
             raise RuntimeError("set_options must be called before the trainer is initialised.")
-        if seed is not None and seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}.")
-        if patience < 0 or min_delta < 0:
-            raise ValueError(f"patience and min_delta must be >= 0, got {patience}, {min_delta}.")
-        if not ace_weight >= 0:
-            raise ValueError(f"ace_weight must be >= 0, got {ace_weight}.")
-        if ace_num_bins < 1:
-            raise ValueError(f"ace_num_bins must be >= 1, got {ace_num_bins}.")
-        for name, v in (
-            ("epochs", epochs),
-            ("iterations_per_epoch", iterations_per_epoch),
-            ("val_iterations_per_epoch", val_iterations_per_epoch),
-        ):
-            if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1, got {v}.")
-        self.seed = seed
-        self.patience = int(patience)
-        self.min_delta = float(min_delta)
-        self.ace_weight = float(ace_weight)
-        self.ace_num_bins = int(ace_num_bins)
-        if epochs is not None:
-            self.num_epochs = int(epochs)
-        if iterations_per_epoch is not None:
-            self.num_iterations_per_epoch = int(iterations_per_epoch)
-        if val_iterations_per_epoch is not None:
-            self.num_val_iterations_per_epoch = int(val_iterations_per_epoch)
+        self.run_options = options
+        if options.epochs is not None:
+            self.num_epochs = options.epochs
+        if options.iterations_per_epoch is not None:
+            self.num_iterations_per_epoch = options.iterations_per_epoch
+        if options.val_iterations_per_epoch is not None:
+            self.num_val_iterations_per_epoch = options.val_iterations_per_epoch
 
     def options(self) -> dict:
         """The run options as plain values (written to ``calibseg_options.json``)."""
+        o = self.run_options
         return {
             "trainer": self.__class__.__name__,
             "ace_loss": self.ace_loss,
-            "ace_weight": self.ace_weight if self.ace_loss else 0.0,
-            "ace_num_bins": self.ace_num_bins,
-            "seed": self.seed,
-            "patience": self.patience,
-            "min_delta": self.min_delta,
+            "ace_weight": o.ace_weight if self.ace_loss else 0.0,
+            "ace_num_bins": o.num_bins,
+            "seed": o.seed,
+            "patience": o.patience,
+            "min_delta": o.min_delta,
             "epochs": self.num_epochs,
             "iterations_per_epoch": self.num_iterations_per_epoch,
             "val_iterations_per_epoch": self.num_val_iterations_per_epoch,
@@ -152,8 +123,8 @@ class nnUNetTrainerCalibseg(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming)
 
     def initialize(self) -> None:
         """Seed the generators (if a seed is set), then nnU-Net's initialisation (He init)."""
-        if not self.was_initialized and self.seed is not None:
-            set_determinism(seed=self.seed)
+        if not self.was_initialized and self.run_options.seed is not None:
+            set_determinism(seed=self.run_options.seed)
         super().initialize()
 
     def _build_loss(self):
@@ -166,8 +137,8 @@ class nnUNetTrainerCalibseg(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming)
         def with_ace(inner):
             return ACEPlusLoss(
                 inner,
-                make_ace(self.ace_loss, self.ace_num_bins),
-                self.ace_weight,
+                make_ace(self.ace_loss, self.run_options.num_bins),
+                self.run_options.ace_weight,
                 regions=lm.has_regions,
                 ignore_label=None if lm.has_regions else lm.ignore_label,
                 has_ignore_channel=lm.has_regions and lm.ignore_label is not None,
@@ -191,12 +162,13 @@ class nnUNetTrainerCalibseg(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming)
     def on_epoch_end(self) -> None:
         """nnU-Net's end of epoch, then the early-stopping rule on the EMA pseudo-Dice."""
         super().on_epoch_end()
-        if self.patience > 0:
+        o = self.run_options
+        if o.patience > 0:
             history = self.logger.get_value("ema_fg_dice", step=None)
-            waited = epochs_without_improvement(list(history), self.min_delta)
-            if waited >= self.patience:
+            waited = epochs_without_improvement(list(history), o.min_delta)
+            if waited >= o.patience:
                 self.print_to_log_file(
-                    f"Early stopping: no EMA pseudo-Dice gain above {self.min_delta} for "
+                    f"Early stopping: no EMA pseudo-Dice gain above {o.min_delta} for "
                     f"{waited} epochs."
                 )
                 raise EarlyStop
@@ -211,13 +183,15 @@ class nnUNetTrainerCalibseg(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming)
 
 
 class nnUNetTrainerHardL1ACE(nnUNetTrainerCalibseg):  # noqa: N801
-    """Dice+CE + ``ace_weight`` × hard-binned mL1-ACE."""
+    """Dice+CE + ``ace_weight`` × hard-binned mL1-ACE (classes absent from an image's target
+    left out of its mean, as in the paper)."""
 
     ace_loss = "hardl1ace"
 
 
 class nnUNetTrainerSoftL1ACE(nnUNetTrainerCalibseg):  # noqa: N801
-    """Dice+CE + ``ace_weight`` × soft-binned mL1-ACE."""
+    """Dice+CE + ``ace_weight`` × soft-binned mL1-ACE (classes absent from an image's target
+    left out of its mean, as in the paper)."""
 
     ace_loss = "softl1ace"
 
