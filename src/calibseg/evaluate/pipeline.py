@@ -247,7 +247,14 @@ def _read_bundle(bundle: str, data_root: str | None = None) -> tuple[list[dict],
                 f"{storage.redact(p)} not found: is {storage.redact(bundle)} a calibseg bundle "
                 "(calibseg bundle create …)?"
             )
-    splits = read_splits(bundle, resolve_data_root(bundle, data_root))
+    try:
+        splits = read_splits(bundle, resolve_data_root(bundle, data_root))
+    except FileNotFoundError:
+        if data_root:
+            raise
+        # No recorded data root (a bundle of an earlier calibseg, or assembled by hand): the
+        # label paths are read as written in splits.json.
+        splits = storage.read_json(splits_path)
     items = splits.get("test") if isinstance(splits, dict) else None
     if not items:
         raise ValueError(f"{storage.redact(splits_path)} has no 'test' items to evaluate.")
