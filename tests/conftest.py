@@ -70,3 +70,18 @@ def s3_bucket(moto_endpoint, monkeypatch):
         region_name="us-east-1",
     ).create_bucket(Bucket=bucket)
     return bucket
+
+
+TINY_OVERRIDES = {
+    "common#roi_size": [16, 16, 16],
+    "common#network_def#init_filters": 4,
+    "common#deep_supervision_depth": 2,
+    "common#network_def#blocks_down": [1, 1, 1],
+    "train#max_epochs": 2,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides() -> dict:
+    """Bundle overrides for a network and patch small enough for a few-second CPU run."""
+    return dict(TINY_OVERRIDES)

@@ -15,14 +15,6 @@ import torch
 from calibseg.bundles import CONFIG_FILES, create_bundle, load_bundle
 from calibseg.bundles.workflow import he_init
 
-TINY = {
-    "common#roi_size": [16, 16, 16],
-    "common#network_def#init_filters": 4,
-    "common#deep_supervision_depth": 2,
-    "common#network_def#blocks_down": [1, 1, 1],
-    "train#max_epochs": 2,
-}
-
 
 def _monai_run(workflow: str, bundle: str, *extra: str) -> subprocess.CompletedProcess:
     configs = [os.path.join(bundle, "configs", f"{c}.yaml") for c in CONFIG_FILES if c != "debug"]
@@ -46,9 +38,13 @@ def _monai_run(workflow: str, bundle: str, *extra: str) -> subprocess.CompletedP
 
 
 @pytest.mark.slow
-def test_monai_bundle_run_trains_and_predicts(tmp_path, synth_root):
+def test_monai_bundle_run_trains_and_predicts(tiny_overrides, tmp_path, synth_root):
     bundle = create_bundle(
-        "synthetic", "hardl1ace_dice_ce", out=str(tmp_path), data_root=synth_root, overrides=TINY
+        "synthetic",
+        "hardl1ace_dice_ce",
+        out=str(tmp_path),
+        data_root=synth_root,
+        overrides=tiny_overrides,
     )
     res = _monai_run("training", bundle)
     assert res.returncode == 0, res.stderr[-4000:]

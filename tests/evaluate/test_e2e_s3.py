@@ -12,15 +12,9 @@ from typer.testing import CliRunner
 from calibseg import storage
 from calibseg.cli.app import app
 
-TINY = {
-    "common#roi_size": [16, 16, 16],
-    "common#network_def#init_filters": 4,
-    "common#deep_supervision_depth": 2,
-}
-
 
 @pytest.mark.slow
-def test_bundle_train_predict_then_evaluate_on_s3(tmp_path, s3_bucket, monkeypatch):
+def test_bundle_train_predict_then_evaluate_on_s3(tiny_overrides, tmp_path, s3_bucket, monkeypatch):
     from calibseg.bundles import create_bundle
     from calibseg.cli import common
     from calibseg.data.synthetic import generate
@@ -40,7 +34,7 @@ def test_bundle_train_predict_then_evaluate_on_s3(tmp_path, s3_bucket, monkeypat
         "hardl1ace_dice_ce",
         out=str(tmp_path / "bundles"),
         data_root=str(data),
-        overrides=TINY,
+        overrides=tiny_overrides,
     )
     res = runner.invoke(app, ["train", bundle, "--debug", "--max-epochs", "1"])
     assert res.exit_code == 0, res.output

@@ -11,15 +11,6 @@ import pytest
 
 from calibseg.evaluate.study_report import holm, paired_tests, summary_table
 
-TINY = {
-    "common#roi_size": [16, 16, 16],
-    "common#network_def#init_filters": 4,
-    "common#deep_supervision_depth": 2,
-    "common#network_def#blocks_down": [1, 1, 1],
-    "train#max_epochs": 2,
-    "data#split_fractions": [0.5, 0.25, 0.25],
-}
-
 
 def test_holm_worked_example():
     # sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 → max(0.06, 0.04) = 0.06
@@ -97,7 +88,7 @@ def test_summary_and_paired_tests_by_hand():
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(tiny_overrides, tmp_path_factory):
     from calibseg.data.synthetic import generate
     from calibseg.evaluate.study import StudySettings, run_study
 
@@ -107,7 +98,7 @@ def study(tmp_path_factory):
         data_root=str(root / "data"),
         losses=("baseline_dice_ce", "hardl1ace_dice_ce"),
         seeds=(0, 1),
-        overrides=TINY,
+        overrides={**tiny_overrides, "data#split_fractions": [0.5, 0.25, 0.25]},
         patience=0,
     )
     res = run_study(str(root / "out"), settings, progress=False)

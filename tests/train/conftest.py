@@ -2,14 +2,6 @@
 
 import pytest
 
-TINY = {
-    "common#roi_size": [16, 16, 16],
-    "common#network_def#init_filters": 4,
-    "common#deep_supervision_depth": 2,
-    "common#network_def#blocks_down": [1, 1, 1],
-    "train#max_epochs": 2,
-}
-
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> str:
@@ -21,18 +13,16 @@ def synth_root(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_overrides() -> dict:
-    """Bundle overrides for a network and patch small enough for a few-second CPU run."""
-    return dict(TINY)
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory, synth_root) -> str:
+def tiny_bundle(tmp_path_factory, synth_root, tiny_overrides) -> str:
     from calibseg.bundles import create_bundle
 
     out = tmp_path_factory.mktemp("bundles")
     return create_bundle(
-        "synthetic", "hardl1ace_dice_ce", out=str(out), data_root=synth_root, overrides=TINY
+        "synthetic",
+        "hardl1ace_dice_ce",
+        out=str(out),
+        data_root=synth_root,
+        overrides=tiny_overrides,
     )
 
 

@@ -12,19 +12,13 @@ from calibseg.bundles import runner as R
 
 
 def test_checkpoints_survive_moving_the_data(
-    tmp_path, tiny_bundle, trained, synth_root, monkeypatch
+    tmp_path, tiny_bundle, trained, synth_root, monkeypatch, tiny_overrides
 ):
     monkeypatch.delenv("CALIBSEG_DATA_SYNTHETIC", raising=False)
     h = bundle_hash(tiny_bundle)
     moved = str(tmp_path / "moved")
     shutil.copytree(synth_root, moved)
-    overrides = {
-        "common#roi_size": [16, 16, 16],
-        "common#network_def#init_filters": 4,
-        "common#deep_supervision_depth": 2,
-        "common#network_def#blocks_down": [1, 1, 1],
-        "train#max_epochs": 2,
-    }
+    overrides = tiny_overrides
     out = os.path.dirname(tiny_bundle)
     try:
         again = create_bundle(

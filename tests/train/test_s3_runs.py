@@ -13,12 +13,6 @@ from typer.testing import CliRunner
 from calibseg import storage
 from calibseg.cli.app import app
 
-TINY = {
-    "common#roi_size": [16, 16, 16],
-    "common#network_def#init_filters": 4,
-    "common#deep_supervision_depth": 2,
-    "common#network_def#blocks_down": [1, 1, 1],
-}
 SECRET = "testing-secret-value"
 
 
@@ -61,7 +55,7 @@ def _remote_files(url: str) -> dict[str, dict]:
 
 
 @pytest.mark.slow
-def test_train_predict_evaluate_resume_on_s3(tmp_path, s3_bucket, monkeypatch):
+def test_train_predict_evaluate_resume_on_s3(tiny_overrides, tmp_path, s3_bucket, monkeypatch):
     from calibseg.bundles import create_bundle
     from calibseg.cli import common
     from calibseg.data.synthetic import generate
@@ -77,7 +71,7 @@ def test_train_predict_evaluate_resume_on_s3(tmp_path, s3_bucket, monkeypatch):
         "hardl1ace_dice_ce",
         out=f"s3://{s3_bucket}/bundles",
         data_root=f"s3://{s3_bucket}/synth",
-        overrides=TINY,
+        overrides=tiny_overrides,
     )
     assert bundle.startswith(f"s3://{s3_bucket}/bundles/synthetic_hardl1ace_dice_ce_")
     splits = storage.read_json(f"{bundle}/splits.json")
