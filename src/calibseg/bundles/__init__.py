@@ -43,6 +43,7 @@ __all__ = [
     "bundle_name",
     "render_bundle",
     "require_bundle",
+    "splits_at_run_time",
     "bundle_status",
     "COMPLETE_MARKER",
     "read_splits",
@@ -311,6 +312,22 @@ def read_splits(bundle: str, data_root: str | None = None) -> dict[str, list[dic
         k: [{f: _rebase(v, old, new) for f, v in it.items()} for it in items]
         for k, items in splits.items()
     }
+
+
+def splits_at_run_time(bundle: str, data_root: str | None = None) -> dict[str, list[dict]]:
+    """:func:`read_splits` with the items under the data root of this run
+    (:func:`resolve_data_root`). A bundle with no recorded root (of an earlier calibseg, or
+    assembled by hand) and no ``data_root`` given: the paths as written in ``splits.json``.
+
+    Raises:
+        FileNotFoundError: ``data_root`` given for a bundle that records no root to move from.
+    """
+    try:
+        return read_splits(bundle, resolve_data_root(bundle, data_root))
+    except FileNotFoundError:
+        if data_root:
+            raise
+        return storage.read_json(storage.join(str(bundle), "splits.json"))
 
 
 def config_files(bundle: str, debug: bool = False) -> list[str]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from calibseg import storage
 from calibseg.binning import check_num_bins
-from calibseg.bundles import read_splits, resolve_data_root
+from calibseg.bundles import splits_at_run_time
 from calibseg.ensemble.io import load_nifti
 
 __all__ = ["evaluate_run", "evaluate_case", "REGION_DATASETS", "next_free_dir", "METRICS"]
@@ -247,14 +247,7 @@ def _read_bundle(bundle: str, data_root: str | None = None) -> tuple[list[dict],
                 f"{storage.redact(p)} not found: is {storage.redact(bundle)} a calibseg bundle "
                 "(calibseg bundle create …)?"
             )
-    try:
-        splits = read_splits(bundle, resolve_data_root(bundle, data_root))
-    except FileNotFoundError:
-        if data_root:
-            raise
-        # No recorded data root (a bundle of an earlier calibseg, or assembled by hand): the
-        # label paths are read as written in splits.json.
-        splits = storage.read_json(splits_path)
+    splits = splits_at_run_time(bundle, data_root)
     items = splits.get("test") if isinstance(splits, dict) else None
     if not items:
         raise ValueError(f"{storage.redact(splits_path)} has no 'test' items to evaluate.")

@@ -27,6 +27,8 @@ import numpy as np
 
 from calibseg import storage
 from calibseg.bundles import LOSSES as BUNDLE_LOSSES
+from calibseg.bundles import read_splits, splits_at_run_time
+from calibseg.ensemble.io import load_nifti
 from calibseg.nnunet import study_losses as nnunet_losses
 
 __all__ = [
@@ -131,13 +133,10 @@ def _micro(eval_dir: str) -> dict[str, float]:
 
 def _load_prob_label(prob_path: str, label_path: str):
     """(probabilities [1, C, *sp] float32 tensor, labels [1, 1, *sp] int64 tensor)."""
-    import nibabel as nib
     import torch
 
-    with storage.local_path(prob_path) as local:
-        p = np.asarray(nib.load(local).dataobj, dtype=np.float32)
-    with storage.local_path(label_path) as local:
-        y = np.rint(np.squeeze(np.asarray(nib.load(local).dataobj))).astype(np.int64)
+    p = load_nifti(prob_path)[0].astype(np.float32, copy=False)
+    y = np.rint(np.squeeze(load_nifti(label_path)[0])).astype(np.int64)
     if p.shape[:-1] != y.shape:
         raise ValueError(
             f"{storage.redact(prob_path)} has grid {p.shape[:-1]}, its label {y.shape}."
@@ -152,10 +151,9 @@ def _temperature_run(bundle: str, run_name: str, mode: str) -> dict[str, Any]:
     import nibabel as nib
     import torch
 
-    from calibseg.bundles import read_splits
     from calibseg.posthoc import apply_temperature, fit_temperature, nll
 
-    splits = read_splits(bundle)
+    splits = splits_at_run_time(bundle)
     pred = storage.join(bundle, run_name, "predictions")
     probs, labels = [], []
     for it in splits["validation"]:
@@ -177,10 +175,8 @@ def _temperature_run(bundle: str, run_name: str, mode: str) -> dict[str, Any]:
     storage.makedirs(out)
     for it in splits["test"]:
         src = storage.join(pred, f"{it['case']}_prob.nii.gz")
-        with storage.local_path(src) as local:
-            img = nib.load(local)
-            p = torch.from_numpy(np.asarray(img.dataobj, dtype=np.float32))
-            affine = img.affine
+        arr, affine, _ = load_nifti(src)
+        p = torch.from_numpy(arr.astype(np.float32, copy=False))
         q = apply_temperature(p.movedim(-1, 0)[None], t)[0].movedim(0, -1).numpy()
         for suffix, arr in (("prob", q), ("seg", q.argmax(-1).astype(np.uint8))):
             dst = storage.join(out, f"{it['case']}_{suffix}.nii.gz")
@@ -214,9 +210,7 @@ def _run_one(task: dict[str, Any]) -> dict[str, Any]:
     train(bundle, seed=seed, patience=int(task["patience"]))
     pred = storage.join(run, "predictions")
     done = set(os.path.basename(p) for p in storage.ls(pred)) if storage.exists(pred) else set()
-    from calibseg.bundles import read_splits
-
-    splits = read_splits(bundle)
+    splits = read_splits(bundle)  # case names only
     for split in ("validation", "test"):
         if any(f"{it['case']}_prob.nii.gz" not in done for it in splits[split]):
             predict(bundle, seed=seed, checkpoint="best", cases=split)
