@@ -46,12 +46,16 @@ if not os.environ.get("NUMBA_CACHE_DIR") and not os.access(os.path.dirname(__fil
     )
 
 import torch  # noqa: E402
-from numba import njit  # noqa: E402
+from llvmlite import ir  # noqa: E402
+from numba import njit, types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic, overload  # noqa: E402
 
 LANES = 4
-LANES2 = 2  # sub-histograms of the narrow hard kernel
+LANES2 = 8  # sub-histograms of the narrow hard kernel (breaks same-bin update chains)
 TILE = 512  # voxels whose bins are computed at once (narrow hard kernel)
 NARROW_BINS = 64  # at most this many bins: the narrow hard kernel
+TINY = np.float32(np.finfo(np.float32).tiny)  # smallest normal float32
 TAU = 2.0**-10  # largest distance to an edge (in bins) that gets an exact bucketize
 BLOCK = 1 << 16  # values (voxels × classes) per parallel unit
 SMALL = 1 << 15  # values below which a kernel runs on one thread
@@ -103,6 +107,100 @@ def no_dest(dtype) -> tuple:
     return (_NONE[np.dtype(dtype).type], 0, 0, 0)
 
 
+
+def bits(a):
+    """The bit patterns of a 1-D float32/float64/uint8 array as unsigned integers (a view)."""
+    raise NotImplementedError  # compiled form only (see the overload below)
+
+
+def one_bits(a):
+    """The bit pattern of 1 in the dtype of ``a`` (as returned by :func:`bits`)."""
+    raise NotImplementedError
+
+
+def nonzero_or_one(r, one):
+    """``r`` if not 0 else ``one``: the minimum of it over a tile is the smallest non-zero
+    pattern (1 for one-byte targets, where no value lies strictly between 0 and 1)."""
+    raise NotImplementedError
+
+
+@overload(nonzero_or_one, inline="always")
+def _nonzero_or_one_impl(r, one):
+    if isinstance(r, types.Integer) and r.bitwidth == 8:
+        return lambda r, one: one
+    return lambda r, one: r if r != 0 else one
+
+
+@overload(bits, inline="always")
+def _bits_impl(a):
+    if a.dtype == types.float32:
+        return lambda a: a.view(np.uint32)
+    if a.dtype == types.float64:
+        return lambda a: a.view(np.uint64)
+    return lambda a: a
+
+
+@overload(one_bits, inline="always")
+def _one_bits_impl(a):
+    if a.dtype == types.float32:
+        return lambda a: np.uint32(0x3F800000)
+    if a.dtype == types.float64:
+        return lambda a: np.uint64(0x3FF0000000000000)
+    return lambda a: np.uint8(1)
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i):
+    """Hint the CPU to load the cache line of ``arr[i]`` (never faults, no result)."""
+    sig = types.void(arr, i)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        # read, high temporal locality, data cache
+        consts = [ir.Constant(i32, v) for v in (0, 3, 1)]
+        builder.call(fn, [builder.bitcast(ptr, i8p), *consts])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def next_tile(src, b, c, t0, packed):
+    """Element offset, in a source's array, of the memory its next tile will read: the same
+    class's next ``TILE`` voxels, or for channel-last data staged by :func:`fill_rows` the
+    ``c``-th ``TILE`` elements of the next span."""
+    sb, sc, sn = src[-3], src[-2], src[-1]
+    if packed:
+        return b * sb + (t0 + TILE) * sn + c * TILE
+    return b * sb + c * sc + (t0 + TILE) * sn
+
+
+@njit(inline="always")
+def source_bytes(src):
+    """``(bytes, itemsize)``: the array a source reads, as a uint8 view, and the bytes of one
+    of its elements (taken out of the source once per kernel: reading arrays out of a tuple in
+    a hot loop costs reference counting)."""
+    f, h, u, kind, width = src[0], src[1], src[2], src[4], src[5]
+    if kind == 0:
+        return f.view(np.uint8), f.itemsize
+    if kind == 1:
+        return h.view(np.uint8), 2
+    return u, width
+
+
+@njit(inline="always")
+def ahead(data, o):
+    """Prefetch byte ``o`` of ``data`` if it exists (used while a tile is being binned, so
+    that the next tile comes from cache instead of memory)."""
+    if o < data.shape[0]:
+        _prefetch(data, o)
+
+
 @njit(inline="always")
 def _stage_wide(a, o, sn, tn, scratch):
     """Multi-byte integers ``a[o + i sn]``: the value if 0 or 1, else 2."""
@@ -149,6 +247,68 @@ def gather(src, o, tn, scratch):
 
 
 @njit(inline="always")
+def _rows(blk, rows, tn, nc, table, kind):
+    """``rows[c, i] = blk[i nc + c]`` for ``i < tn`` (values as stored for ``kind`` 0, through
+    ``table`` for 1, wide integers above 1 as 2 for 2); ``nc`` a constant at each call site,
+    so that the loop is vectorised as an interleaved load."""
+    if kind == 0:
+        for i in range(tn):
+            for c in range(nc):
+                rows[c, i] = blk[i * nc + c]
+    elif kind == 1:
+        for i in range(tn):
+            for c in range(nc):
+                rows[c, i] = table[blk[i * nc + c]]
+    else:
+        for i in range(tn):
+            for c in range(nc):
+                v = blk[i * nc + c]
+                rows[c, i] = v if v <= 1 else 2
+
+
+@njit(inline="always")
+def _rows_small(blk, rows, tn, table, kind):
+    nc = rows.shape[0]
+    if nc == 2:
+        _rows(blk, rows, tn, 2, table, kind)
+    elif nc == 3:
+        _rows(blk, rows, tn, 3, table, kind)
+    elif nc == 4:
+        _rows(blk, rows, tn, 4, table, kind)
+    elif nc == 5:
+        _rows(blk, rows, tn, 5, table, kind)
+    elif nc == 6:
+        _rows(blk, rows, tn, 6, table, kind)
+    elif nc == 7:
+        _rows(blk, rows, tn, 7, table, kind)
+    else:
+        _rows(blk, rows, tn, 8, table, kind)
+
+
+@njit(nogil=True)
+def fill_rows(src, b, t0, tn, rows):
+    """Stage ``[b, :, t0 : t0 + tn]`` of a source stored channel-last (class stride 1, voxel
+    stride = number of classes, 2 to 8 classes, ``tn <= TILE``) into ``rows[:, :tn]`` in one
+    pass over its memory (an interleaved load, vectorised). False, nothing done, for any other
+    layout or for 2- and 4-byte integers (those are read class by class by :func:`stage`)."""
+    f, h, u, table, kind, width, sb, sc, sn = src
+    nc = rows.shape[0]
+    if sc != 1 or sn != nc or nc < 2 or nc > 8 or tn > rows.shape[1]:
+        return False
+    o = b * sb + t0 * sn
+    m = tn * nc
+    if kind == 0:
+        _rows_small(f[o : o + m], rows, tn, table, 0)
+    elif kind == 1:
+        _rows_small(h[o : o + m], rows, tn, table, 1)
+    elif width == 8:
+        _rows_small(u.view(np.uint64)[o : o + m], rows, tn, table, 2)
+    else:
+        return False
+    return True
+
+
+@njit(inline="always")
 def store(dst, b, c, t0, tn, vals):
     """Write ``vals[:tn]`` to ``[b, c, t0 : t0 + tn]`` of a destination."""
     f, sb, sc, sn = dst
@@ -182,8 +342,7 @@ def hard_edges(num_bins: int, upper_edges32: np.ndarray, right: bool) -> tuple[n
 
 @njit(inline="always")
 def _hard_idx(v32, kf, kmax, lo, hi):
-    x = v32 * kf
-    x = x if x > 0.0 else np.float32(0.0)  # also maps NaN to 0
+    x = (v32 if v32 > TINY else TINY) * kf  # subnormals (slow to multiply) and NaN: bin 0
     x = x if x < kmax else kmax
     g = np.uintp(x)
     return g - np.uintp(v32 <= lo[g]) + np.uintp(v32 > hi[g])
@@ -259,18 +418,30 @@ def guess_tolerance(hi: np.ndarray) -> np.float32:
 def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, block, span, tau):
     """:func:`hard_hist` for up to :data:`NARROW_BINS` bins, one pass over the data.
 
-    Per tile of ``TILE`` voxels of one class (staged contiguously in L1 when strided),
-    vectorised loops check the ranges of ``p`` and ``y`` and compute ``2 * bin + (y != 0)``
-    into a uint8 scratch, the bin as the number of upper edges below the value
-    (``torch.bucketize`` semantics, no table gather); a scalar loop then adds 1 and ``p`` to
-    ``2 LANES K`` slots, from which counts, target sums and probability sums are read. Tiles
-    with non-binary targets add their targets separately.
+    Per tile of ``TILE`` voxels of one class (staged contiguously in L1 when strided), one
+    vectorised loop computes ``2 * bin + (y != 0)`` into a uint8 scratch, the bin as
+    ``floor(p K)`` (subnormal ``p`` taken as the smallest normal number: same bin, no slow
+    multiply), and checks the tile with bit-pattern reductions only: the largest pattern of
+    ``p`` and of ``y`` (above the pattern of 1: outside [0, 1], negative or NaN) and the
+    smallest non-zero pattern of ``y`` (below 1: a non-binary target). A tile that fails a check
+    is counted exactly in a second loop (bad values, non-binary targets added separately); a
+    tile holding a value within ``tau`` of an inner edge gets exact bins (``torch.bucketize``
+    semantics). A scalar loop then adds 1 and ``p`` to ``2 LANES2 K`` slots (``LANES2``
+    interleaved sub-histograms: runs of voxels in one bin, the common case of confident
+    predictions, do not serialise on one slot), from which counts, target sums and probability
+    sums are read.
     """
     n_img, n_cls, n = dims
     k = lo.shape[0]
     k2 = 2 * k
     kf = np.float32(k)
     kmax = np.float32(k - 1)
+    km1 = np.int32(k - 1)
+    half = np.float32(0.5)
+    kh = kf - half
+    omt = np.float32(1.0) - tau
+    pbyt, pw = source_bytes(p)
+    ybyt, yw = source_bytes(y)
     nb = (n + block - 1) // block
     for u in range(u0, u1):
         b = u // nb
@@ -280,12 +451,14 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
         hp = np.zeros((n_cls, LANES2 * k2), np.float64)
         hy = np.zeros((n_cls, k), np.float64)
         idx = np.empty(TILE, np.uint8)
-        ps = np.empty(TILE, p[0].dtype)
-        ys = np.empty(TILE, y[0].dtype)
+        ps = np.empty((n_cls, TILE), p[0].dtype)
+        ys = np.empty((n_cls, TILE), y[0].dtype)
         bp = 0
         by = 0
         for s0 in range(s, e, span):
             e0 = min(s0 + span, e)
+            pk = fill_rows(p, b, s0, e0 - s0, ps)
+            yk = fill_rows(y, b, s0, e0 - s0, ys)
             for c in range(n_cls):
                 hcc = hc[c]
                 hpc = hp[c]
@@ -293,46 +466,52 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
                 for t0 in range(s0, e0, TILE):
                     t1 = min(t0 + TILE, e0)
                     tn = t1 - t0
-                    pt = stage(p, b, c, t0, tn, ps)
-                    yt = stage(y, b, c, t0, tn, ys)
+                    pt = ps[c, :tn] if pk else stage(p, b, c, t0, tn, ps[0])
+                    yt = ys[c, :tn] if yk else stage(y, b, c, t0, tn, ys[0])
+                    pb = bits(pt)
+                    yb = bits(yt)
+                    onep = one_bits(pt)
+                    oney = one_bits(yt)
+                    mxp = pb[0]
+                    mxy = yb[0]
+                    mny = oney
+                    near = False
+                    for i in range(tn):
+                        q = pb[i]
+                        mxp = q if q > mxp else mxp
+                        r = yb[i]
+                        mxy = r if r > mxy else mxy
+                        rz = nonzero_or_one(r, oney)
+                        mny = rz if rz < mny else mny
+                        v = np.float32(pt[i])
+                        x = (v if v > TINY else TINY) * kf
+                        x = x if x < kf else kf
+                        gi = np.int32(x)
+                        fr = x - np.float32(gi)
+                        near = near | (
+                            ((fr < tau) & (x > half) & (x < kh)) | ((fr > omt) & (x < kmax))
+                        )
+                        g = gi if gi < km1 else km1
+                        idx[i] = np.uint8(g + g + np.int32(yt[i] != 0))
                     nonbin = 0
-                    if tau > 0:
-                        near = 0
+                    if (mxp > onep) | (mxy > oney) | (mny < oney):  # exact counts, this tile
                         for i in range(tn):
                             v = pt[i]
                             w = yt[i]
                             bp += np.int64((v < 0) | (v > 1) | (v != v))
                             by += np.int64((w < 0) | (w > 1) | (w != w))
                             nonbin += np.int64((w != 0) & (w != 1))
-                            x = np.float32(v) * kf
-                            x = x if x > 0.0 else np.float32(0.0)  # also maps NaN to 0
-                            x = x if x < kf else kf
-                            gi = np.int32(x)
-                            fr = x - np.float32(gi)
-                            near += np.int64(
-                                ((fr < tau) & (x > 0.5) & (x < kf - 0.5))
-                                | ((fr > 1 - tau) & (x < kmax))
-                            )
-                            g = gi if gi < k - 1 else np.int32(k - 1)
-                            idx[i] = np.uint8(2 * g + np.int32(w != 0))
-                        if near:  # a value within tau of an inner edge: exact bins for this tile
-                            for i in range(tn):
-                                g = _hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)
-                                idx[i] = np.uint8(2 * g) + (idx[i] & np.uint8(1))
-                    else:
+                    if tau == 0 or near:  # a value within tau of an inner edge: exact bins
                         for i in range(tn):
-                            v = pt[i]
-                            w = yt[i]
-                            bp += np.int64((v < 0) | (v > 1) | (v != v))
-                            by += np.int64((w < 0) | (w > 1) | (w != w))
-                            nonbin += np.int64((w != 0) & (w != 1))
-                            idx[i] = np.uint8(w != 0)
-                        for j in range(k - 1):
-                            ej = hi[j]
-                            for i in range(tn):
-                                idx[i] += np.uint8(2) * np.uint8(np.float32(pt[i]) > ej)
+                            g = _hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)
+                            idx[i] = np.uint8(2 * g) + (idx[i] & np.uint8(1))
                     tq = (tn // LANES2) * LANES2
+                    op = next_tile(p, b, c, t0, pk)
+                    oy = next_tile(y, b, c, t0, yk)
                     for i0 in range(0, tq, LANES2):
+                        if i0 & 15 == 0:  # a cache line every 16 float32 values
+                            ahead(pbyt, (op + i0) * pw)
+                            ahead(ybyt, (oy + i0) * yw)
                         for ln in range(LANES2):
                             j = np.uintp(idx[i0 + ln]) + np.uintp(ln * k2)
                             hcc[j] += 1
@@ -475,20 +654,22 @@ def soft_hist_kernel(u0, u1, dims, p, y, inv_width, k, part_w, part_p, part_y, b
         hw = np.zeros((n_cls, 2 * k), np.float64)
         hp = np.zeros((n_cls, 2 * k), np.float64)
         hy = np.zeros((n_cls, 2 * k), np.float64)
-        ps = np.empty(TILE, p[0].dtype)
-        ys = np.empty(TILE, y[0].dtype)
+        ps = np.empty((n_cls, TILE), p[0].dtype)
+        ys = np.empty((n_cls, TILE), y[0].dtype)
         bp = 0
         by = 0
         for s0 in range(s, e, span):
             e0 = min(s0 + span, e)
+            pk = fill_rows(p, b, s0, e0 - s0, ps)
+            yk = fill_rows(y, b, s0, e0 - s0, ys)
             for c in range(n_cls):
                 hwc = hw[c]
                 hpc = hp[c]
                 hyc = hy[c]
                 for t0 in range(s0, e0, TILE):
                     t1 = min(t0 + TILE, e0)
-                    pt = stage(p, b, c, t0, t1 - t0, ps)
-                    yt = stage(y, b, c, t0, t1 - t0, ys)
+                    pt = ps[c, :t1 - t0] if pk else stage(p, b, c, t0, t1 - t0, ps[0])
+                    yt = ys[c, :t1 - t0] if yk else stage(y, b, c, t0, t1 - t0, ys[0])
                     for i in range(t1 - t0):
                         ln = np.uintp((i & 1) * k)
                         v = np.float64(pt[i])
@@ -535,17 +716,18 @@ def hard_grad_kernel(u0, u1, dims, p, lo, hi, g_sp, g_sy, gp, gy, want_y, block,
         b = u // nb
         s = (u % nb) * block
         e = min(s + block, n)
-        ps = np.empty(TILE, p[0].dtype)
+        ps = np.empty((n_cls, TILE), p[0].dtype)
         gs = np.empty(TILE, gp[0].dtype)
         for s0 in range(s, e, span):
             e0 = min(s0 + span, e)
+            pk = fill_rows(p, b, s0, e0 - s0, ps)
             for c in range(n_cls):
                 tsp = g_sp[b, c]
                 tsy = g_sy[b, c]
                 for t0 in range(s0, e0, TILE):
                     t1 = min(t0 + TILE, e0)
                     tn = t1 - t0
-                    pt = stage(p, b, c, t0, tn, ps)
+                    pt = ps[c, :tn] if pk else stage(p, b, c, t0, tn, ps[0])
                     for i in range(tn):
                         gs[i] = tsp[_hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)]
                     store(gp, b, c, t0, tn, gs)
@@ -580,11 +762,13 @@ def soft_grad_kernel(
         b = u // nb
         s = (u % nb) * block
         e = min(s + block, n)
-        ps = np.empty(TILE, p[0].dtype)
-        ys = np.empty(TILE, y[0].dtype)
+        ps = np.empty((n_cls, TILE), p[0].dtype)
+        ys = np.empty((n_cls, TILE), y[0].dtype)
         gs = np.empty(TILE, gp[0].dtype)
         for s0 in range(s, e, span):
             e0 = min(s0 + span, e)
+            pk = fill_rows(p, b, s0, e0 - s0, ps)
+            yk = fill_rows(y, b, s0, e0 - s0, ys)
             for c in range(n_cls):
                 tw = g_w[b, c]
                 tsp = g_sp[b, c]
@@ -592,8 +776,8 @@ def soft_grad_kernel(
                 for t0 in range(s0, e0, TILE):
                     t1 = min(t0 + TILE, e0)
                     tn = t1 - t0
-                    pt = stage(p, b, c, t0, tn, ps)
-                    yt = stage(y, b, c, t0, tn, ys)
+                    pt = ps[c, :tn] if pk else stage(p, b, c, t0, tn, ps[0])
+                    yt = ys[c, :tn] if yk else stage(y, b, c, t0, tn, ys[0])
                     for i in range(tn):
                         v = np.float64(pt[i])
                         w = np.float64(yt[i])
