@@ -107,7 +107,6 @@ def no_dest(dtype) -> tuple:
     return (_NONE[np.dtype(dtype).type], 0, 0, 0)
 
 
-
 def bits(a):
     """The bit patterns of a 1-D float32/float64/uint8 array as unsigned integers (a view)."""
     raise NotImplementedError  # compiled form only (see the overload below)
@@ -668,8 +667,8 @@ def soft_hist_kernel(u0, u1, dims, p, y, inv_width, k, part_w, part_p, part_y, b
                 hyc = hy[c]
                 for t0 in range(s0, e0, TILE):
                     t1 = min(t0 + TILE, e0)
-                    pt = ps[c, :t1 - t0] if pk else stage(p, b, c, t0, t1 - t0, ps[0])
-                    yt = ys[c, :t1 - t0] if yk else stage(y, b, c, t0, t1 - t0, ys[0])
+                    pt = ps[c, : t1 - t0] if pk else stage(p, b, c, t0, t1 - t0, ps[0])
+                    yt = ys[c, : t1 - t0] if yk else stage(y, b, c, t0, t1 - t0, ys[0])
                     for i in range(t1 - t0):
                         ln = np.uintp((i & 1) * k)
                         v = np.float64(pt[i])
