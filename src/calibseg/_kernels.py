@@ -348,6 +348,24 @@ def _hard_idx(v32, kf, kmax, lo, hi):
 
 
 @njit(inline="always")
+def _guess(v, kf, tau):
+    """``(floor(v K) clamped to [0, K - 1], near)`` for float32 ``v`` (branch-free,
+    vectorisable); ``near`` when ``v K`` lies within ``tau`` of an inner edge index, where the
+    guess may differ from the bin. Subnormal ``v`` is taken as the smallest normal number (same
+    bin, without the slow multiply); NaN gives bin 0."""
+    x = (v if v > TINY else TINY) * kf
+    x = x if x < kf else kf
+    gi = np.int32(x)
+    fr = x - np.float32(gi)
+    half = np.float32(0.5)
+    near = ((fr < tau) & (x > half) & (x < kf - half)) | (
+        (fr > np.float32(1.0) - tau) & (x < kf - np.float32(1.0))
+    )
+    km1 = np.int32(kf - np.float32(1.0))
+    return (gi if gi < km1 else km1), near
+
+
+@njit(inline="always")
 def _out_of_unit(v):
     return np.int64(v < 0) + np.int64(v > 1) + np.int64(v != v)
 
@@ -413,6 +431,22 @@ def guess_tolerance(hi: np.ndarray) -> np.float32:
     return np.float32(tau if tau <= TAU else 0.0)
 
 
+@njit(inline="always")
+def exact_counts(pt, yt, tn):
+    """Numbers of values of ``pt[:tn]`` and of ``yt[:tn]`` outside [0, 1] or NaN, and of
+    targets other than 0 and 1 (for a tile whose bit-pattern checks failed)."""
+    bp = 0
+    by = 0
+    nonbin = 0
+    for i in range(tn):
+        v = pt[i]
+        w = yt[i]
+        bp += np.int64((v < 0) | (v > 1) | (v != v))
+        by += np.int64((w < 0) | (w > 1) | (w != w))
+        nonbin += np.int64((w != 0) & (w != 1))
+    return bp, by, nonbin
+
+
 @njit(cache=True, nogil=True)
 def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, block, span, tau):
     """:func:`hard_hist` for up to :data:`NARROW_BINS` bins, one pass over the data.
@@ -435,10 +469,6 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
     k2 = 2 * k
     kf = np.float32(k)
     kmax = np.float32(k - 1)
-    km1 = np.int32(k - 1)
-    half = np.float32(0.5)
-    kh = kf - half
-    omt = np.float32(1.0) - tau
     pbyt, pw = source_bytes(p)
     ybyt, yw = source_bytes(y)
     nb = (n + block - 1) // block
@@ -482,24 +512,14 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
                         mxy = r if r > mxy else mxy
                         rz = nonzero_or_one(r, oney)
                         mny = rz if rz < mny else mny
-                        v = np.float32(pt[i])
-                        x = (v if v > TINY else TINY) * kf
-                        x = x if x < kf else kf
-                        gi = np.int32(x)
-                        fr = x - np.float32(gi)
-                        near = near | (
-                            ((fr < tau) & (x > half) & (x < kh)) | ((fr > omt) & (x < kmax))
-                        )
-                        g = gi if gi < km1 else km1
+                        g, nr = _guess(np.float32(pt[i]), kf, tau)
+                        near = near | nr
                         idx[i] = np.uint8(g + g + np.int32(yt[i] != 0))
                     nonbin = 0
                     if (mxp > onep) | (mxy > oney) | (mny < oney):  # exact counts, this tile
-                        for i in range(tn):
-                            v = pt[i]
-                            w = yt[i]
-                            bp += np.int64((v < 0) | (v > 1) | (v != v))
-                            by += np.int64((w < 0) | (w > 1) | (w != w))
-                            nonbin += np.int64((w != 0) & (w != 1))
+                        cp, cy, nonbin = exact_counts(pt, yt, tn)
+                        bp += cp
+                        by += cy
                     if tau == 0 or near:  # a value within tau of an inner edge: exact bins
                         for i in range(tn):
                             g = _hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)
@@ -613,19 +633,21 @@ def hard_hist_wide(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bloc
 
 @njit(inline="always")
 def _soft_split(v, inv_width, k):
+    """``(lower bin, upper bin, upper-bin share, inside)`` of float64 ``v``, branch-free (the
+    lower bin is ``floor(v K - 1/2)`` clamped to ``[0, K - 2]``, computed as the truncation of
+    the clamped value: equal, and vectorisable); ``inside`` where the share's derivative is
+    non-zero (not clamped)."""
     t = v * inv_width - 0.5
-    lof = np.floor(t)
-    lof = lof if lof > 0.0 else 0.0
     top = np.float64(k - 2) if k > 1 else 0.0
-    lof = lof if lof < top else top
-    d = t - lof
-    inside = d >= 0.0 and d <= 1.0 and k > 1  # where d/dp of the split is non-zero
+    tc = t if t > 0.0 else 0.0  # also maps NaN to 0
+    tc = tc if tc < top else top
+    lo = np.int32(tc)
+    d = t - np.float64(lo)
+    inside = (d >= 0.0) & (d <= 1.0) & (k > 1)
     fr = d if d > 0.0 else 0.0
     fr = fr if fr < 1.0 else 1.0
-    if k == 1:
-        fr = 0.0
-    lo = np.uintp(lof)
-    hi = lo + np.uintp(1) if k > 1 else lo
+    fr = fr if k > 1 else 0.0
+    hi = lo + np.int32(1) if k > 1 else lo
     return lo, hi, fr, inside
 
 
@@ -642,17 +664,29 @@ def soft_hist(dims, p, y, inv_width, k, w_out, sp_out, sy_out, span) -> tuple[in
 
 @njit(cache=True, nogil=True)
 def soft_hist_kernel(u0, u1, dims, p, y, inv_width, k, part_w, part_p, part_y, bad, block, span):
-    """:func:`soft_hist` by (image, block of voxels) units (two interleaved sub-histograms per
-    class)."""
+    """:func:`soft_hist` by (image, block of voxels) units.
+
+    Per tile, a vectorised loop computes each value's lower bin and upper-bin share (float64)
+    and ``2 * lower bin + (y != 0)``, with the bit-pattern checks of :func:`hard_hist_narrow`;
+    a scalar loop then adds the two shares and the shares times ``p`` to ``LANES2``
+    interleaved sub-histograms of ``2 K`` slots, whose odd slots give the target sums of binary
+    targets. Tiles with non-binary targets add their targets separately.
+    """
     n_img, n_cls, n = dims
+    k2 = 2 * k
+    step = np.uintp(2) if k > 1 else np.uintp(0)  # slot of the upper bin, from the lower
+    pbyt, pw = source_bytes(p)
+    ybyt, yw = source_bytes(y)
     nb = (n + block - 1) // block
     for u in range(u0, u1):
         b = u // nb
         s = (u % nb) * block
         e = min(s + block, n)
-        hw = np.zeros((n_cls, 2 * k), np.float64)
-        hp = np.zeros((n_cls, 2 * k), np.float64)
-        hy = np.zeros((n_cls, 2 * k), np.float64)
+        hw = np.zeros((n_cls, LANES2 * k2), np.float64)
+        hp = np.zeros((n_cls, LANES2 * k2), np.float64)
+        hy = np.zeros((n_cls, k), np.float64)
+        idx = np.empty(TILE, np.uint8)
+        frs = np.empty(TILE, np.float64)
         ps = np.empty((n_cls, TILE), p[0].dtype)
         ys = np.empty((n_cls, TILE), y[0].dtype)
         bp = 0
@@ -667,30 +701,73 @@ def soft_hist_kernel(u0, u1, dims, p, y, inv_width, k, part_w, part_p, part_y, b
                 hyc = hy[c]
                 for t0 in range(s0, e0, TILE):
                     t1 = min(t0 + TILE, e0)
-                    pt = ps[c, : t1 - t0] if pk else stage(p, b, c, t0, t1 - t0, ps[0])
-                    yt = ys[c, : t1 - t0] if yk else stage(y, b, c, t0, t1 - t0, ys[0])
-                    for i in range(t1 - t0):
-                        ln = np.uintp((i & 1) * k)
-                        v = np.float64(pt[i])
-                        w = np.float64(yt[i])
-                        lo, hi, fr, _ = _soft_split(v, inv_width, k)
+                    tn = t1 - t0
+                    pt = ps[c, :tn] if pk else stage(p, b, c, t0, tn, ps[0])
+                    yt = ys[c, :tn] if yk else stage(y, b, c, t0, tn, ys[0])
+                    pb = bits(pt)
+                    yb = bits(yt)
+                    onep = one_bits(pt)
+                    oney = one_bits(yt)
+                    mxp = pb[0]
+                    mxy = yb[0]
+                    mny = oney
+                    for i in range(tn):
+                        q = pb[i]
+                        mxp = q if q > mxp else mxp
+                        r = yb[i]
+                        mxy = r if r > mxy else mxy
+                        rz = nonzero_or_one(r, oney)
+                        mny = rz if rz < mny else mny
+                        lo, _, fr, _ = _soft_split(np.float64(pt[i]), inv_width, k)
+                        frs[i] = fr
+                        idx[i] = np.uint8(lo + lo) + np.uint8(yt[i] != 0)
+                    nonbin = 0
+                    if (mxp > onep) | (mxy > oney) | (mny < oney):  # exact counts, this tile
+                        cp, cy, nonbin = exact_counts(pt, yt, tn)
+                        bp += cp
+                        by += cy
+                    op = next_tile(p, b, c, t0, pk)
+                    oy = next_tile(y, b, c, t0, yk)
+                    tq = (tn // LANES2) * LANES2
+                    for i0 in range(0, tq, LANES2):
+                        if i0 & 15 == 0:  # a cache line every 16 float32 values
+                            ahead(pbyt, (op + i0) * pw)
+                            ahead(ybyt, (oy + i0) * yw)
+                        for ln in range(LANES2):
+                            i = i0 + ln
+                            j = np.uintp(idx[i]) + np.uintp(ln * k2)
+                            fr = frs[i]
+                            a = 1.0 - fr
+                            v = np.float64(pt[i])
+                            hwc[j] += a
+                            hwc[j + step] += fr
+                            hpc[j] += a * v
+                            hpc[j + step] += fr * v
+                    for i in range(tq, tn):
+                        j = np.uintp(idx[i])
+                        fr = frs[i]
                         a = 1.0 - fr
-                        lo += ln
-                        hi += ln
-                        hwc[lo] += a
-                        hwc[hi] += fr
-                        hpc[lo] += a * v
-                        hpc[hi] += fr * v
-                        hyc[lo] += a * w
-                        hyc[hi] += fr * w
-                        bp += _out_of_unit(v)
-                        by += _out_of_unit(w)
+                        v = np.float64(pt[i])
+                        hwc[j] += a
+                        hwc[j + step] += fr
+                        hpc[j] += a * v
+                        hpc[j + step] += fr * v
+                    if nonbin:  # the targets themselves, minus the (y != 0) counted in hw
+                        for i in range(tn):
+                            lo = np.uintp(idx[i] >> 1)
+                            fr = frs[i]
+                            d = np.float64(yt[i]) - np.float64(idx[i] & 1)
+                            hyc[lo] += (1.0 - fr) * d
+                            hyc[lo + (step >> 1)] += fr * d
         for c in range(n_cls):
-            for ln in range(2):
+            for ln in range(LANES2):
                 for j in range(k):
-                    part_w[u, c, j] += hw[c, ln * k + j]
-                    part_p[u, c, j] += hp[c, ln * k + j]
-                    part_y[u, c, j] += hy[c, ln * k + j]
+                    a = ln * k2 + 2 * j
+                    part_w[u, c, j] += hw[c, a] + hw[c, a + 1]
+                    part_y[u, c, j] += hw[c, a + 1]
+                    part_p[u, c, j] += hp[c, a] + hp[c, a + 1]
+            for j in range(k):
+                part_y[u, c, j] += hy[c, j]
         bad[u, 0] = bp
         bad[u, 1] = by
 
@@ -700,12 +777,16 @@ def hard_grad(dims, p, lo, hi, g_sp, g_sy, gp, gy, want_y, span):
     ``gp[i] = g_sp[bin(i)]`` and (if ``want_y``) ``gy[i] = g_sy[bin(i)]`` to the destinations
     ``gp``, ``gy`` (tables ``[B, C, K]`` float64)."""
     block = block_voxels(dims[1])
-    run(hard_grad_kernel, dims, block, p, lo, hi, g_sp, g_sy, gp, gy, want_y, block, span)
+    tau = guess_tolerance(hi) if lo.shape[0] <= NARROW_BINS else np.float32(0.0)
+    args = (p, lo, hi, g_sp, g_sy, gp, gy, want_y, block, span, tau)
+    run(hard_grad_kernel, dims, block, *args)
 
 
 @njit(cache=True, nogil=True)
-def hard_grad_kernel(u0, u1, dims, p, lo, hi, g_sp, g_sy, gp, gy, want_y, block, span):
-    """:func:`hard_grad` by (image, block of voxels) units."""
+def hard_grad_kernel(u0, u1, dims, p, lo, hi, g_sp, g_sy, gp, gy, want_y, block, span, tau):
+    """:func:`hard_grad` by (image, block of voxels) units: per tile, the bins by the guess of
+    :func:`hard_hist_narrow` (exact bucketize for a tile with a value near an edge, or every
+    tile when ``tau`` is 0), then table lookups."""
     n_img, n_cls, n = dims
     k = lo.shape[0]
     kf = np.float32(k)
@@ -717,6 +798,8 @@ def hard_grad_kernel(u0, u1, dims, p, lo, hi, g_sp, g_sy, gp, gy, want_y, block,
         e = min(s + block, n)
         ps = np.empty((n_cls, TILE), p[0].dtype)
         gs = np.empty(TILE, gp[0].dtype)
+        gys = np.empty(TILE, gp[0].dtype)
+        idx = np.empty(TILE, np.int32)
         for s0 in range(s, e, span):
             e0 = min(s0 + span, e)
             pk = fill_rows(p, b, s0, e0 - s0, ps)
@@ -727,13 +810,21 @@ def hard_grad_kernel(u0, u1, dims, p, lo, hi, g_sp, g_sy, gp, gy, want_y, block,
                     t1 = min(t0 + TILE, e0)
                     tn = t1 - t0
                     pt = ps[c, :tn] if pk else stage(p, b, c, t0, tn, ps[0])
+                    near = False
                     for i in range(tn):
-                        gs[i] = tsp[_hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)]
+                        g, nr = _guess(np.float32(pt[i]), kf, tau)
+                        near = near | nr
+                        idx[i] = g
+                    if tau == 0 or near:
+                        for i in range(tn):
+                            idx[i] = _hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)
+                    for i in range(tn):
+                        gs[i] = tsp[idx[i]]
                     store(gp, b, c, t0, tn, gs)
                     if want_y:
                         for i in range(tn):
-                            gs[i] = tsy[_hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)]
-                        store(gy, b, c, t0, tn, gs)
+                            gys[i] = tsy[idx[i]]
+                        store(gy, b, c, t0, tn, gys)
 
 
 def soft_grad(dims, p, y, inv_width, k, g_w, g_sp, g_sy, gp, gy, want_y, span):
@@ -754,9 +845,12 @@ def soft_grad(dims, p, y, inv_width, k, g_w, g_sp, g_sy, gp, gy, want_y, span):
 def soft_grad_kernel(
     u0, u1, dims, p, y, inv_width, k, g_w, g_sp, g_sy, gp, gy, want_y, block, span
 ):
-    """:func:`soft_grad` by (image, block of voxels) units."""
+    """:func:`soft_grad` by (image, block of voxels) units. Per (image, class), tables by
+    lower bin ``lo`` of ``g_sp[lo]``, ``g_sp[hi] - g_sp[lo]``, ``g_w[hi] - g_w[lo]``,
+    ``g_sy[lo]`` and ``g_sy[hi] - g_sy[lo]`` turn each value's gradient into four lookups."""
     n_img, n_cls, n = dims
     nb = (n + block - 1) // block
+    tab = np.zeros((5, k), np.float64)
     for u in range(u0, u1):
         b = u // nb
         s = (u % nb) * block
@@ -764,6 +858,10 @@ def soft_grad_kernel(
         ps = np.empty((n_cls, TILE), p[0].dtype)
         ys = np.empty((n_cls, TILE), y[0].dtype)
         gs = np.empty(TILE, gp[0].dtype)
+        gys = np.empty(TILE, gp[0].dtype)
+        los = np.empty(TILE, np.int32)
+        frs = np.empty(TILE, np.float64)
+        dds = np.empty(TILE, np.float64)
         for s0 in range(s, e, span):
             e0 = min(s0 + span, e)
             pk = fill_rows(p, b, s0, e0 - s0, ps)
@@ -772,32 +870,34 @@ def soft_grad_kernel(
                 tw = g_w[b, c]
                 tsp = g_sp[b, c]
                 tsy = g_sy[b, c]
+                for j in range(k):
+                    h = j + 1 if j + 1 < k else j
+                    tab[0, j] = tsp[j]
+                    tab[1, j] = tsp[h] - tsp[j]
+                    tab[2, j] = tw[h] - tw[j]
+                    tab[3, j] = tsy[j]
+                    tab[4, j] = tsy[h] - tsy[j]
+                t_p, t_dp, t_dw, t_y, t_dy = tab[0], tab[1], tab[2], tab[3], tab[4]
                 for t0 in range(s0, e0, TILE):
                     t1 = min(t0 + TILE, e0)
                     tn = t1 - t0
                     pt = ps[c, :tn] if pk else stage(p, b, c, t0, tn, ps[0])
                     yt = ys[c, :tn] if yk else stage(y, b, c, t0, tn, ys[0])
-                    for i in range(tn):
+                    for i in range(tn):  # vectorised: the split of every value
+                        lo, _, fr, inside = _soft_split(np.float64(pt[i]), inv_width, k)
+                        los[i] = lo
+                        frs[i] = fr
+                        dds[i] = inv_width if inside else 0.0
+                    for i in range(tn):  # table lookups (scalar)
+                        lo = los[i]
                         v = np.float64(pt[i])
-                        w = np.float64(yt[i])
-                        lo, hi, fr, inside = _soft_split(v, inv_width, k)
-                        a = 1.0 - fr
-                        d = inv_width if inside else 0.0
-                        gl = tsp[lo]
-                        gh = tsp[hi]
-                        gyl = tsy[lo]
-                        gyh = tsy[hi]
-                        gs[i] = (
-                            a * gl
-                            + fr * gh
-                            + d * ((tw[hi] - tw[lo]) + v * (gh - gl) + w * (gyh - gyl))
-                        )
+                        fr = frs[i]
+                        dp = t_dp[lo]
+                        gs[i] = t_p[lo] + fr * dp + dds[i] * (t_dw[lo] + v * dp + yt[i] * t_dy[lo])
+                        gys[i] = t_y[lo] + fr * t_dy[lo]
                     store(gp, b, c, t0, tn, gs)
                     if want_y:
-                        for i in range(tn):
-                            lo, hi, fr, _ = _soft_split(np.float64(pt[i]), inv_width, k)
-                            gs[i] = (1.0 - fr) * tsy[lo] + fr * tsy[hi]
-                        store(gy, b, c, t0, tn, gs)
+                        store(gy, b, c, t0, tn, gys)
 
 
 def threads_for(size: int) -> int:

@@ -487,10 +487,10 @@ class _BinnedSums(torch.autograd.Function):
         gp, gp_dst = grad_like(p)
         gy, gy_dst = grad_like(y) if want_y else (None, kern.no_dest(gp_dst[0].dtype))
         p_src, dims = _kernel_array(kern, p)
+        y_src = _kernel_array(kern, y)[0] if soft else None
         strides = [_strides(p_src), gp_dst[-3:]] + ([gy_dst[-3:]] if want_y else [])
-        span = _span(kern, dims, *strides)
+        span = _span(kern, dims, *strides, *([_strides(y_src)] if soft else []))
         if soft:
-            y_src, _ = _kernel_array(kern, y)
             tables = (table(g_w), table(g_sp), table(g_sy))
             args = (_inv_width(num_bins), num_bins, *tables, gp_dst, gy_dst, want_y, span)
             kern.soft_grad(dims, p_src, y_src, *args)

@@ -125,3 +125,32 @@ def test_thread_counts_follow_torch_in_a_fresh_process() -> None:
         [sys.executable, "-c", _THREADS], capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["1", "True", "2", "False", "1", "True", "2"]
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_subnormal_and_signed_zero_values(soft: bool) -> None:
+    """Probabilities below the smallest normal float32 (a network's softmax has them) are binned
+    like torch does and summed exactly, not flushed to zero; -0.0 is a valid 0 in both inputs;
+    a target a hair above 1 and a NaN target are refused."""
+    tiny = torch.finfo(torch.float32).tiny
+    n = 3 * kern.TILE
+    p = torch.full((1, 2, n), 0.5)
+    p[0, 0] = torch.linspace(1e-45, tiny, n)  # every value subnormal (or the smallest normal)
+    p[0, 1, :5] = torch.tensor([-0.0, 0.0, 1e-45, 1.0, tiny * 0.5])
+    y = torch.zeros(1, 2, n)
+    y[0, 0, ::3] = 1.0
+    y[0, 1, 7] = -0.0
+    ours = B.compute_bin_stats(p, y, 20, soft=soft)
+    ref = B._compute_bin_stats_torch(p.double(), y.double(), 20, soft=soft)
+    if soft:  # weights are float64 sums of shares
+        torch.testing.assert_close(ours.weight, ref.weight.double(), rtol=1e-12, atol=1e-9)
+    else:
+        assert torch.equal(ours.weight, ref.weight)
+    assert ours.sum_p[0, 0, 0] > 0  # a sum of subnormal values, not flushed
+    torch.testing.assert_close(ours.sum_p, ref.sum_p, rtol=1e-12, atol=0)
+    torch.testing.assert_close(ours.sum_gt, ref.sum_gt, rtol=1e-12, atol=0)
+    for bad in (torch.nextafter(torch.tensor(1.0), torch.tensor(2.0)), torch.tensor(float("nan"))):
+        yb = y.clone()
+        yb[0, 1, kern.TILE + 3] = bad
+        with pytest.raises(ValueError):
+            B.compute_bin_stats(p, yb, 20, soft=soft)

@@ -189,3 +189,20 @@ def test_integer_targets_outside_0_1_are_refused_in_any_layout(dtype, bad: int) 
     for validate in (True, False):
         with pytest.raises(ValueError, match=r"target must lie in \[0, 1\], got integer"):
             compute_bin_stats(p, y, 20, validate=validate)
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5, 8, 9])
+def test_channel_last_staging_for_every_class_count(classes: int) -> None:
+    """Channel-last data of 2 to 8 classes is staged for all classes in one pass, other class
+    counts class by class: every count gives MONAI's counts (hard) and the float64 torch path's
+    sums (soft), for channel-last predictions and one-hot target views of several dtypes."""
+    p0, labels = _realistic((2, classes, 21, 19, 17), seed=10 + classes)
+    p = _channel_last(p0)
+    oh = F.one_hot(labels, classes).movedim(-1, 1)
+    for y in (oh, oh.float(), oh.to(torch.uint8), oh.half()):
+        s = compute_bin_stats(p, y, 20)
+        assert torch.equal(s.weight, _monai_counts(p, y, 20, False).long()), (classes, y.dtype)
+        ref = B._compute_bin_stats_torch(p0.double(), y.double().contiguous(), 20, soft=True)
+        soft = compute_bin_stats(p, y, 20, soft=True)
+        for a, b in ((soft.weight, ref.weight), (soft.sum_p, ref.sum_p), (soft.sum_gt, ref.sum_gt)):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-9)
