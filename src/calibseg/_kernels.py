@@ -6,7 +6,7 @@ of compilation), every input reaches a kernel as a *source* of one fixed type (s
 :func:`float_source`, :func:`half_source`, :func:`byte_source`): a 1-D contiguous view of the
 tensor's storage with its element strides and a kind flag chosen at run time: float32/float64
 values and one-byte targets (bool, uint8, int8) read as stored; float16/bfloat16 as their
-16-bit patterns widened through a 65,536-entry float32 table; wider integer targets as unsigned
+16-bit patterns widened to float32 in integer arithmetic; wider integer targets as unsigned
 integers of their width (a value other than 0 or 1 is read as 2 and counted as out of range).
 The only compile-time choices left are the dtype of the probabilities (float32 or float64) and
 the one the targets are read in (float32, float64 or uint8): at most six specialisations per
@@ -61,28 +61,22 @@ BLOCK = 1 << 16  # values (voxels × classes) per parallel unit
 SMALL = 1 << 15  # values below which a kernel runs on one thread
 _LOCK = threading.Lock()
 
-# kinds of source (a run-time flag, not a compile-time type); also the index of the array
-# the source reads in its tuple
-DIRECT, HALF, BYTE = 0, 1, 2
-
-# 16-bit patterns → float32 values (exact)
-HALF_TABLES = {
-    "float16": np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32),
-    "bfloat16": (np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)).view(np.float32),
-}
+# kinds of source (a run-time flag, not a compile-time type)
+DIRECT, FLOAT16, WIDE, BFLOAT16 = 0, 1, 2, 3
+_HALF_KINDS = {"float16": FLOAT16, "bfloat16": BFLOAT16}
 _NONE = {dt: np.zeros(0, dt) for dt in (np.float32, np.float64, np.uint16, np.uint8)}
 
 
 def float_source(values: np.ndarray, strides: tuple[int, int, int]) -> tuple:
     """A kernel source of float32/float64 values: ``values`` a 1-D contiguous array whose
     element ``b sb + c sc + i sn`` is the value at ``[b, c, i]`` (strides in elements)."""
-    return (values, _NONE[np.uint16], _NONE[np.uint8], _NONE[np.float32], DIRECT, 1, *strides)
+    return (values, _NONE[np.uint16], _NONE[np.uint8], DIRECT, 1, *strides)
 
 
 def half_source(bits: np.ndarray, kind: str, strides: tuple[int, int, int]) -> tuple:
     """A kernel source of float16/bfloat16 values given as 16-bit patterns (1-D uint16
     ``bits``, strides in elements); ``kind`` is ``"float16"`` or ``"bfloat16"``."""
-    return (_NONE[np.float32], bits, _NONE[np.uint8], HALF_TABLES[kind], HALF, 2, *strides)
+    return (_NONE[np.float32], bits, _NONE[np.uint8], _HALF_KINDS[kind], 2, *strides)
 
 
 def byte_source(data: np.ndarray, itemsize: int, strides: tuple[int, int, int]) -> tuple:
@@ -91,10 +85,10 @@ def byte_source(data: np.ndarray, itemsize: int, strides: tuple[int, int, int]) 
     ``strides`` in elements. One-byte values are read as stored (uint8); wider ones as unsigned
     integers of their width, a value above 1 (including any negative one) becoming 2, outside
     [0, 1], so that it is counted as a bad value without a separate range pass."""
-    nf, nh = _NONE[np.float32], _NONE[np.uint16]
+    nh = _NONE[np.uint16]
     if itemsize == 1:
-        return (data, nh, _NONE[np.uint8], nf, DIRECT, 1, *strides)
-    return (_NONE[np.uint8], nh, data, nf, BYTE, itemsize, *strides)
+        return (data, nh, _NONE[np.uint8], DIRECT, 1, *strides)
+    return (_NONE[np.uint8], nh, data, WIDE, itemsize, *strides)
 
 
 def dest(values: np.ndarray, strides: tuple[int, int, int]) -> tuple:
@@ -168,6 +162,35 @@ def _prefetch(typingctx, arr, i):
     return sig, codegen
 
 
+@intrinsic
+def _as_float32(typingctx, u):
+    """The float32 whose bit pattern is the uint32 ``u``."""
+    sig = types.float32(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def bf16_to_f32(x):
+    """The float32 value of a bfloat16 bit pattern ``x`` (shifted into the high half)."""
+    return _as_float32(np.uint32(np.uint32(x) << np.uint32(16)))
+
+
+@intrinsic
+def f16_to_f32(typingctx, x):
+    """The float32 value of a float16 bit pattern ``x`` (uint16): LLVM's exact half-to-float
+    extension (one vector instruction on CPUs with F16C)."""
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return sig, codegen
+
+
 @njit(inline="always")
 def next_tile(src, b, c, t0, packed):
     """Element offset, in a source's array, of the memory its next tile will read: the same
@@ -184,12 +207,12 @@ def source_bytes(src):
     """``(bytes, itemsize)``: the array a source reads, as a uint8 view, and the bytes of one
     of its elements (taken out of the source once per kernel: reading arrays out of a tuple in
     a hot loop costs reference counting)."""
-    f, h, u, kind, width = src[0], src[1], src[2], src[4], src[5]
-    if kind == 0:
+    f, h, u, kind, width = src[0], src[1], src[2], src[3], src[4]
+    if kind == DIRECT:
         return f.view(np.uint8), f.itemsize
-    if kind == 1:
-        return h.view(np.uint8), 2
-    return u, width
+    if kind == WIDE:
+        return u, width
+    return h.view(np.uint8), 2
 
 
 @njit(inline="always")
@@ -216,7 +239,7 @@ def stage(src, b, c, t0, tn, scratch):
     f = src[0]
     sb, sc, sn = src[-3], src[-2], src[-1]
     o = b * sb + c * sc + t0 * sn
-    if src[4] == 0 and sn == 1:
+    if src[3] == DIRECT and sn == 1:
         return f[o : o + tn]
     gather(src, o, tn, scratch)
     return scratch[:tn]
@@ -225,18 +248,27 @@ def stage(src, b, c, t0, tn, scratch):
 @njit(nogil=True)
 def gather(src, o, tn, scratch):
     """Fill ``scratch[:tn]`` with the values of a source from element ``o`` on (strided values
-    read as stored, half patterns widened through the table, multi-byte integers)."""
-    f, h, u, table, kind, width, sb, sc, sn = src
-    if kind == 0:
+    read as stored, half patterns widened by :func:`f16_to_f32` / :func:`bf16_to_f32`, multi-byte integers)."""
+    f, h, u, kind, width, sb, sc, sn = src
+    if kind == DIRECT:
         for i in range(tn):
             scratch[i] = f[np.uintp(o + i * sn)]
-    elif kind == 1:
+    elif kind == BFLOAT16:
         if sn == 1:
+            hs = h[o : o + tn]
             for i in range(tn):
-                scratch[i] = table[h[np.uintp(o + i)]]
+                scratch[i] = bf16_to_f32(hs[i])
         else:
             for i in range(tn):
-                scratch[i] = table[h[np.uintp(o + i * sn)]]
+                scratch[i] = bf16_to_f32(h[np.uintp(o + i * sn)])
+    elif kind == FLOAT16:
+        if sn == 1:
+            hs = h[o : o + tn]
+            for i in range(tn):
+                scratch[i] = f16_to_f32(hs[i])
+        else:
+            for i in range(tn):
+                scratch[i] = f16_to_f32(h[np.uintp(o + i * sn)])
     elif width == 2:
         _stage_wide(u.view(np.uint16), o, sn, tn, scratch)
     elif width == 4:
@@ -246,18 +278,23 @@ def gather(src, o, tn, scratch):
 
 
 @njit(inline="always")
-def _rows(blk, rows, tn, nc, table, kind):
-    """``rows[c, i] = blk[i nc + c]`` for ``i < tn`` (values as stored for ``kind`` 0, through
-    ``table`` for 1, wide integers above 1 as 2 for 2); ``nc`` a constant at each call site,
-    so that the loop is vectorised as an interleaved load."""
-    if kind == 0:
+def _rows(blk, rows, tn, nc, kind):
+    """``rows[c, i] = blk[i nc + c]`` for ``i < tn`` (values as stored for ``DIRECT``, widened
+    16-bit patterns for ``FLOAT16``/``BFLOAT16``, wide integers above 1 as 2 for ``WIDE``);
+    ``nc`` a constant at each call site, so that the loop is vectorised as an interleaved
+    load."""
+    if kind == DIRECT:
         for i in range(tn):
             for c in range(nc):
                 rows[c, i] = blk[i * nc + c]
-    elif kind == 1:
+    elif kind == BFLOAT16:
         for i in range(tn):
             for c in range(nc):
-                rows[c, i] = table[blk[i * nc + c]]
+                rows[c, i] = bf16_to_f32(blk[i * nc + c])
+    elif kind == FLOAT16:
+        for i in range(tn):
+            for c in range(nc):
+                rows[c, i] = f16_to_f32(blk[i * nc + c])
     else:
         for i in range(tn):
             for c in range(nc):
@@ -266,22 +303,22 @@ def _rows(blk, rows, tn, nc, table, kind):
 
 
 @njit(inline="always")
-def _rows_small(blk, rows, tn, table, kind):
+def _rows_small(blk, rows, tn, kind):
     nc = rows.shape[0]
     if nc == 2:
-        _rows(blk, rows, tn, 2, table, kind)
+        _rows(blk, rows, tn, 2, kind)
     elif nc == 3:
-        _rows(blk, rows, tn, 3, table, kind)
+        _rows(blk, rows, tn, 3, kind)
     elif nc == 4:
-        _rows(blk, rows, tn, 4, table, kind)
+        _rows(blk, rows, tn, 4, kind)
     elif nc == 5:
-        _rows(blk, rows, tn, 5, table, kind)
+        _rows(blk, rows, tn, 5, kind)
     elif nc == 6:
-        _rows(blk, rows, tn, 6, table, kind)
+        _rows(blk, rows, tn, 6, kind)
     elif nc == 7:
-        _rows(blk, rows, tn, 7, table, kind)
+        _rows(blk, rows, tn, 7, kind)
     else:
-        _rows(blk, rows, tn, 8, table, kind)
+        _rows(blk, rows, tn, 8, kind)
 
 
 @njit(nogil=True)
@@ -290,18 +327,18 @@ def fill_rows(src, b, t0, tn, rows):
     stride = number of classes, 2 to 8 classes, ``tn <= TILE``) into ``rows[:, :tn]`` in one
     pass over its memory (an interleaved load, vectorised). False, nothing done, for any other
     layout or for 2- and 4-byte integers (those are read class by class by :func:`stage`)."""
-    f, h, u, table, kind, width, sb, sc, sn = src
+    f, h, u, kind, width, sb, sc, sn = src
     nc = rows.shape[0]
     if sc != 1 or sn != nc or nc < 2 or nc > 8 or tn > rows.shape[1]:
         return False
     o = b * sb + t0 * sn
     m = tn * nc
-    if kind == 0:
-        _rows_small(f[o : o + m], rows, tn, table, 0)
-    elif kind == 1:
-        _rows_small(h[o : o + m], rows, tn, table, 1)
+    if kind == DIRECT:
+        _rows_small(f[o : o + m], rows, tn, DIRECT)
+    elif kind != WIDE:
+        _rows_small(h[o : o + m], rows, tn, kind)
     elif width == 8:
-        _rows_small(u.view(np.uint64)[o : o + m], rows, tn, table, 2)
+        _rows_small(u.view(np.uint64)[o : o + m], rows, tn, WIDE)
     else:
         return False
     return True

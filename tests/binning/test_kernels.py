@@ -154,3 +154,23 @@ def test_subnormal_and_signed_zero_values(soft: bool) -> None:
         yb[0, 1, kern.TILE + 3] = bad
         with pytest.raises(ValueError):
             B.compute_bin_stats(p, yb, 20, soft=soft)
+
+
+def test_half_patterns_widen_like_torch() -> None:
+    """Every float16 and bfloat16 bit pattern (zeros, subnormals, normals, infinities, NaN)
+    widens to the float32 torch gives, bit for bit (NaN: any NaN)."""
+    from numba import njit
+
+    @njit
+    def widen_all(x, bf):
+        out = np.empty(x.shape[0], np.float32)
+        for i in range(x.shape[0]):
+            out[i] = kern.bf16_to_f32(x[i]) if bf else kern.f16_to_f32(x[i])
+        return out
+
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    for bf, dtype in ((False, torch.float16), (True, torch.bfloat16)):
+        ours = torch.from_numpy(widen_all(bits, bf))
+        ref = torch.from_numpy(bits.view(np.int16)).view(dtype).float()
+        same = (ours.view(torch.int32) == ref.view(torch.int32)) | (ours.isnan() & ref.isnan())
+        assert bool(same.all()), (dtype, int((~same).sum()))

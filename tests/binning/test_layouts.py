@@ -155,9 +155,10 @@ def test_inputs_are_read_in_place_without_copies(monkeypatch) -> None:
 
     def spy(kern, t):
         out = real(kern, t)
-        src = out[0]  # (floats, half bits, bytes, table, kind, width, *strides)
-        data = src[src[4]]  # the array of the source's kind
-        assert data.size > 0 and all(a.size == 0 for i, a in enumerate(src[:3]) if i != src[4])
+        src = out[0]  # (floats, half bits, bytes, kind, width, *strides)
+        at = {kern.DIRECT: 0, kern.FLOAT16: 1, kern.BFLOAT16: 1, kern.WIDE: 2}[src[3]]
+        data = src[at]  # the array of the source's kind
+        assert data.size > 0 and all(a.size == 0 for i, a in enumerate(src[:3]) if i != at)
         seen.append((t.data_ptr(), data.__array_interface__["data"][0]))
         return out
 
