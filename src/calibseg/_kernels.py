@@ -565,8 +565,9 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
                     op = next_tile(p, b, c, t0, pk)
                     oy = next_tile(y, b, c, t0, yk)
                     for i0 in range(0, tq, LANES2):
-                        if i0 & 15 == 0:  # a cache line every 16 float32 values
+                        if ((i0 * pw) & 63) < LANES2 * pw:  # a prefetch per cache line
                             ahead(pbyt, (op + i0) * pw)
+                        if ((i0 * yw) & 63) < LANES2 * yw:
                             ahead(ybyt, (oy + i0) * yw)
                         for ln in range(LANES2):
                             j = np.uintp(idx[i0 + ln]) + np.uintp(ln * k2)
@@ -767,8 +768,9 @@ def soft_hist_kernel(u0, u1, dims, p, y, inv_width, k, part_w, part_p, part_y, b
                     oy = next_tile(y, b, c, t0, yk)
                     tq = (tn // LANES2) * LANES2
                     for i0 in range(0, tq, LANES2):
-                        if i0 & 15 == 0:  # a cache line every 16 float32 values
+                        if ((i0 * pw) & 63) < LANES2 * pw:  # a prefetch per cache line
                             ahead(pbyt, (op + i0) * pw)
+                        if ((i0 * yw) & 63) < LANES2 * yw:
                             ahead(ybyt, (oy + i0) * yw)
                         for ln in range(LANES2):
                             i = i0 + ln
