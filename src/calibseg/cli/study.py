@@ -146,8 +146,6 @@ def register(app: typer.Typer) -> None:
         cases and splits; their nnU-Net folders live under OUT/nnunet.
 
         Example: calibseg study --out study_out --seeds 0,1,2 --epochs 200 --workers 2
-
-        Example: calibseg study --losses baseline_dice_ce,nnunet_dicece,nnunet_hardl1ace
         """
         from rich.markup import escape
 
