@@ -5,7 +5,7 @@ One run (bundle, seed) goes through: train (resumes; early stopping on the valid
 predict the validation and test splits with the best-Dice checkpoint → evaluate the test split
 → fit a temperature by NLL on the validation predictions, apply it to the test predictions
 (``<bundle>/seed_<s>_temperature/``) and evaluate those. Each step is skipped when its output
-exists, so rerunning a study continues where it stopped. Runs fan out over Dask workers
+exists, so rerunning a study continues where it stopped. Bundle runs fan out over Dask workers
 (:func:`calibseg.distributed.map_cases`); each returns small per-case rows.
 
 nnU-Net losses (``nnunet_dicece``, ``nnunet_hardl1ace``, ``nnunet_softl1ace``; extra
@@ -13,7 +13,9 @@ nnU-Net losses (``nnunet_dicece``, ``nnunet_hardl1ace``, ``nnunet_softl1ace``; e
 bundles (:mod:`calibseg.nnunet.study`: one raw dataset, planned and preprocessed once under
 ``<out>/nnunet/``, fold 0 = the study's training/validation split); their run folders
 ``<out>/nnunet/runs/<loss>/seed_<s>/`` hold predictions in the bundles' layout, so temperature
-scaling, evaluation and the rows are the same code as for a bundle run.
+scaling, evaluation and the rows are the same code as for a bundle run. nnU-Net runs run one
+after another in the calling process (nnU-Net's inference starts worker processes of its own,
+which Dask's daemonic workers cannot), after the bundle runs.
 
 Outputs under ``<out>``: ``study.csv`` (tidy: loss, calibration, seed, case, metric, value;
 ``case`` empty for dataset-level micro values), ``study.json`` (settings, temperatures,
@@ -435,14 +437,21 @@ def run_study(
                     class_names=class_names,
                 )
             tasks.append(task)
-    runs = map_cases(
+    # bundle runs fan out over Dask; nnU-Net runs stay in this process (nnU-Net's inference
+    # starts worker processes of its own, which Dask's daemonic workers cannot)
+    fanned = [t for t in tasks if t["kind"] == "bundle"]
+    here = [t for t in tasks if t["kind"] != "bundle"]
+    done = map_cases(
         run_one,
-        tasks,
+        fanned,
         scheduler=scheduler,
         workers=workers,
         progress=progress,
         description="study runs",
     )
+    done += map_cases(run_one, here, progress=progress, description="nnU-Net runs")
+    by_task = {(r["loss"], int(r["seed"])): r for r in done}
+    runs = [by_task[(t["loss"], t["seed"])] for t in tasks]
     frame = pd.DataFrame([r for run in runs for r in run["rows"]])
     with storage.local_output(storage.join(out, "study.csv")) as tmp:
         frame.to_csv(tmp, index=False)
