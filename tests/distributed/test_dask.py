@@ -8,7 +8,13 @@ from functools import partial
 
 import pytest
 
-from calibseg.distributed import get_client, map_cases, resolve_mode, submit_training
+from calibseg.distributed import (
+    get_client,
+    map_cases,
+    resolve_mode,
+    run_training_jobs,
+    submit_training,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +83,25 @@ def test_submit_training_uses_gpu_resource_on_worker_processes(gpu_cluster):
     ]
     with pytest.raises(TypeError, match="callable"):
         submit_training([("not callable", {})])
+
+
+def test_run_training_jobs_serial_and_on_workers(gpu_cluster):
+    """Named jobs: in-process one after another (on_done after each, in this process), or as
+    Dask tasks on worker processes; results by name in job order either way."""
+    seen = []
+
+    def done(name, result):
+        seen.append((name, result, len(seen)))
+
+    jobs = [("b", os.getpid, {}), ("a", str, {"object": 7})]
+    here = run_training_jobs(jobs, on_done=done)
+    assert list(here) == ["b", "a"] and here == {"b": str(os.getpid()), "a": "7"}
+    assert seen == [("b", str(os.getpid()), 0), ("a", "7", 1)]
+    there = run_training_jobs(jobs, scheduler=gpu_cluster.scheduler_address)
+    assert list(there) == ["b", "a"] and there["a"] == "7"
+    assert there["b"] != str(os.getpid())  # ran on a worker process
+    with pytest.raises(ValueError, match="distinct"):
+        run_training_jobs([("x", str, {}), ("x", str, {})])
 
 
 def test_submit_training_refuses_a_bare_bundle_path():

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from calibseg.evaluate.study_report import holm, paired_tests, summary_table
+from calibseg.evaluate.study_report import holm, paired_tests, reference_of, summary_table
 
 
 def test_holm_worked_example():
@@ -85,6 +85,47 @@ def test_summary_and_paired_tests_by_hand():
     # 5 cases, every difference negative: exact two-sided Wilcoxon p = 2 / 2**5
     assert ace["p_value"] == pytest.approx(0.0625) and ace["p_holm"] == pytest.approx(0.0625)
     assert ace["ci_low"] <= -0.03 <= ace["ci_high"] and ace["ci_high"] < 0
+
+
+def _nnunet_frame(losses):
+    """ACE per case i of 5: base 0.1 + 0.05 i; nnunet_dicece 0.1 higher; nnunet_hardl1ace
+    0.01 (i + 1) below nnunet_dicece; every loss also with temperature (0.02 lower)."""
+    offset = {"base": 0.0, "nnunet_dicece": 0.1, "nnunet_hardl1ace": 0.1}
+    rows = []
+    for loss in losses:
+        for cal, shift in (("none", 0.0), ("temperature", -0.02)):
+            for i in range(5):
+                v = 0.1 + 0.05 * i + offset[loss] + shift
+                if loss == "nnunet_hardl1ace":
+                    v -= 0.01 * (i + 1)
+                rows.append(
+                    dict(loss=loss, calibration=cal, seed=0, case=f"c{i}", metric="ace", value=v)
+                )
+    return pd.DataFrame(rows)
+
+
+def test_nnunet_rows_are_compared_with_nnunet_dicece_by_hand():
+    frame = _nnunet_frame(["base", "nnunet_dicece", "nnunet_hardl1ace"])
+    refs = reference_of(frame)
+    assert refs == {
+        ("nnunet_dicece", "none"): ("base", "none"),
+        ("nnunet_hardl1ace", "none"): ("nnunet_dicece", "none"),
+        ("base", "temperature"): ("base", "none"),
+        ("nnunet_dicece", "temperature"): ("nnunet_dicece", "none"),
+        ("nnunet_hardl1ace", "temperature"): ("nnunet_dicece", "none"),
+    }
+    tests = paired_tests(frame, n_boot=200).set_index(["loss", "calibration"])
+    # mean of 0.01 (i + 1) over i = 0..4 is 0.03 below nnunet_dicece (not 0.07 above base)
+    assert tests.loc[("nnunet_hardl1ace", "none"), "mean_diff"] == pytest.approx(-0.03)
+    assert tests.loc[("nnunet_hardl1ace", "none"), "reference"] == "nnunet_dicece"
+    assert tests.loc[("nnunet_hardl1ace", "temperature"), "mean_diff"] == pytest.approx(-0.05)
+    assert tests.loc[("nnunet_dicece", "none"), "mean_diff"] == pytest.approx(0.1)
+    # without nnunet_dicece every row is compared with the first loss
+    alone = reference_of(_nnunet_frame(["base", "nnunet_hardl1ace"]))
+    assert set(alone.values()) == {("base", "none")}
+    # nnunet_dicece first: it is the baseline of every row
+    first = reference_of(_nnunet_frame(["nnunet_dicece", "base", "nnunet_hardl1ace"]))
+    assert set(first.values()) == {("nnunet_dicece", "none")}
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""The nnU-Net trainers in the study's loss list: named in `calibseg study --help` and by the
-study's loss check when nnU-Net is installed, absent otherwise."""
+"""The nnU-Net trainers in the study's loss list: named in `calibseg study --help` and accepted
+by the study's loss check when nnU-Net is installed; without it not offered, and naming one is
+one error line with the install command."""
 
 import os
 import subprocess
@@ -23,10 +24,26 @@ def test_study_losses_follow_the_extra(monkeypatch):
     assert nn_pkg.study_losses() == ()
 
 
-def test_check_names_the_nnunet_command_for_a_trainer_loss(monkeypatch):
+def test_check_accepts_trainer_losses_with_the_extra(monkeypatch):
     monkeypatch.setattr(nn_pkg, "nnunet_available", lambda: True)
-    with pytest.raises(ValueError, match=r"nnunet ensemble train … --loss hardl1ace"):
+    StudySettings(losses=("baseline_dice_ce", *NNUNET_NAMES)).check()
+    StudySettings(losses=("nnunet_dicece",)).check()
+
+
+def test_check_without_the_extra_names_the_install(monkeypatch):
+    monkeypatch.setattr(nn_pkg, "nnunet_available", lambda: False)
+    with pytest.raises(ValueError, match="nnunet_hardl1ace is an nnU-Net loss") as err:
         StudySettings(losses=("baseline_dice_ce", "nnunet_hardl1ace")).check()
+    assert "pip install 'calibseg[nnunet]'" in str(err.value)
+
+
+def test_check_refuses_seed_or_patience_in_nnunet_options(monkeypatch):
+    from calibseg.nnunet.options import TrainOptions
+
+    monkeypatch.setattr(nn_pkg, "nnunet_available", lambda: True)
+    for options in (TrainOptions(seed=3), TrainOptions(patience=2)):
+        with pytest.raises(ValueError, match="without seed and patience"):
+            StudySettings(losses=("nnunet_dicece",), nnunet_options=options).check()
 
 
 def test_check_lists_the_valid_losses(monkeypatch):
@@ -66,11 +83,19 @@ def test_study_help_through_the_console_script():
     assert "hardl1ace_dice_ce_paper" in hidden and "nnunet_" not in hidden
 
 
-def test_study_refuses_a_trainer_loss_in_one_line(tmp_path, error_line):
-    if not nn_pkg.nnunet_available():
-        pytest.skip("nnU-Net extra not installed (make nnunet or pip install 'calibseg[nnunet]')")
-    line = error_line(
-        ["study", "--out", str(tmp_path / "s"), "--losses", "nnunet_softl1ace"], tmp_path
-    )
-    assert "--loss softl1ace" in line
+def test_study_without_the_extra_is_one_line(tmp_path):
+    """The console script with nnunetv2 hidden: the nnU-Net loss is named with the install
+    command, in one line, exit 1, before anything is written."""
+    cmd = [
+        sys.executable,
+        "-c",
+        HIDE + "sys.argv = ['calibseg', 'study', '--out', 's', '--losses', "
+        "'baseline_dice_ce,nnunet_softl1ace']; main()",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert "nnunet_softl1ace is an nnU-Net loss" in lines[0]
+    assert "pip install 'calibseg[nnunet]'" in lines[0]
     assert not (tmp_path / "s").exists()

@@ -7,15 +7,17 @@ import json
 import typer
 
 from calibseg.bundles import LOSSES as BUNDLE_LOSSES
-from calibseg.cli.common import console, print_table
+from calibseg.cli.common import CalibsegError, console, print_table
 from calibseg.nnunet import study_losses as nnunet_losses
+from calibseg.nnunet.options import TrainOptions
 
 _LOSSES_HELP = (
     "Comma-separated losses; the first is the baseline of the paired tests. Bundle losses: "
     + ", ".join(BUNDLE_LOSSES)
     + "."
     + (
-        f" nnU-Net trainers ({', '.join(nnunet_losses())}) train with calibseg nnunet."
+        f" nnU-Net losses ({', '.join(nnunet_losses())}) train through nnU-Net's own pipeline "
+        "on the same splits (folders under OUT/nnunet)."
         if nnunet_losses()
         else ""
     )
@@ -49,7 +51,8 @@ def _overrides(items: list[str]) -> dict:
 
 def print_study_table(frame, title: str = "test split, foreground classes") -> None:
     """Print the study's summary (mean ± std over seeds) with Holm-adjusted Wilcoxon p-values
-    of ACE against the baseline; numbers are never truncated or wrapped."""
+    of ACE against each row's reference (the baseline; nnU-Net rows: nnunet_dicece when the
+    study has it); numbers are never truncated or wrapped."""
     import numpy as np
 
     from calibseg.evaluate.study_report import paired_tests, summary_table
@@ -61,7 +64,7 @@ def print_study_table(frame, title: str = "test split, foreground classes") -> N
     cols.append(("micro ACE", "micro_ace"))
     headers = ["loss", "post-hoc", *(name for name, _ in cols)]
     if tests is not None:
-        headers.append("ACE Δ vs baseline, Holm p")
+        headers.append("ACE Δ vs reference, Holm p")
     rows = []
     for (loss, cal), row in table.iterrows():
         cells = []
@@ -76,7 +79,10 @@ def print_study_table(frame, title: str = "test split, foreground classes") -> N
                 (tests["loss"] == loss) & (tests["calibration"] == cal) & (tests["metric"] == "ace")
             ]
             cells.append(
-                "-" if t.empty else f"{t['mean_diff'].iloc[0]:+.3f}, p={t['p_holm'].iloc[0]:.3g}"
+                "-"
+                if t.empty
+                else f"{t['mean_diff'].iloc[0]:+.3f} vs {t['reference'].iloc[0]}, "
+                f"p={t['p_holm'].iloc[0]:.3g}"
             )
         rows.append([loss, "temperature" if cal == "temperature" else "-", *cells])
     right = [False, False, *([True] * (len(headers) - 2))]
@@ -101,9 +107,22 @@ def register(app: typer.Typer) -> None:
             help=_LOSSES_HELP,
         ),
         seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated run seeds."),
-        epochs: int = typer.Option(None, "--epochs", help="Maximum epochs (default: bundle's)."),
+        epochs: int = typer.Option(
+            None, "--epochs", help="Maximum epochs of every run (default: bundle's / nnU-Net's)."
+        ),
+        nnunet_iterations: int = typer.Option(
+            None, "--nnunet-iterations", help="nnU-Net losses: training iterations per epoch."
+        ),
+        nnunet_val_iterations: int = typer.Option(
+            None,
+            "--nnunet-val-iterations",
+            help="nnU-Net losses: validation iterations per epoch.",
+        ),
         patience: int = typer.Option(
-            10, "--patience", help="Early stopping: validations without a Dice gain (0: off)."
+            10,
+            "--patience",
+            help="Early stopping: validations without a Dice gain (nnU-Net: epochs without an "
+            "EMA pseudo-Dice gain; 0: off).",
         ),
         temperature: str = typer.Option(
             "scalar", "--temperature", help="Post-hoc temperature: scalar, per_class or none."
@@ -123,8 +142,13 @@ def register(app: typer.Typer) -> None:
         evaluated on the test split, and evaluated again after temperature scaling fitted on its
         validation predictions. Writes study.csv (tidy), summary.csv, tests.csv and report.html.
 
+        nnU-Net losses (extra calibseg[nnunet]) train through nnU-Net's own pipeline on the same
+        cases and splits; their nnU-Net folders live under OUT/nnunet.
+
         Example: calibseg study --out study_out --seeds 0,1,2 --epochs 200 --workers 2
         """
+        from rich.markup import escape
+
         from calibseg import storage
         from calibseg.evaluate.study import StudySettings, run_study
 
@@ -142,8 +166,16 @@ def register(app: typer.Typer) -> None:
             overrides=overrides,
             patience=patience,
             temperature=temperature,
+            nnunet_options=TrainOptions(
+                epochs=epochs,
+                iterations_per_epoch=nnunet_iterations,
+                val_iterations_per_epoch=nnunet_val_iterations,
+            ),
         )
-        settings.check()
+        try:
+            settings.check()
+        except ValueError as e:  # the install hint's [nnunet] is text, not markup
+            raise CalibsegError(escape(str(e))) from None
         if generated and not storage.exists(storage.join(settings.data_root, "dataset.json")):
             from calibseg.data.synthetic import generate
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["get_client", "map_cases", "submit_training", "resolve_mode"]
+__all__ = ["get_client", "map_cases", "submit_training", "run_training_jobs", "resolve_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -202,3 +202,41 @@ def submit_training(
         return _run_inprocess(_call, jobs, progress, "training")
     with get_client(scheduler, workers, resources=resources if mode == "local" else None) as c:
         return _run_on(c, _call, jobs, progress, "training", resources=resources or None)
+
+
+def run_training_jobs(
+    jobs: Sequence[tuple[str, Callable[..., Any], dict[str, Any]]],
+    scheduler: str | None = None,
+    workers: int | None = None,
+    resources: dict[str, float] | None = None,
+    on_done: Callable[[str, str], None] | None = None,
+) -> dict[str, str]:
+    """Run named training jobs ``(name, callable, kwargs)``; returns ``{name: str(result)}`` in
+    job order.
+
+    Without ``scheduler``/``workers`` the jobs run one after another in this process and
+    ``on_done(name, result)`` follows each; otherwise they are Dask tasks
+    (:func:`submit_training`, each asking for ``resources``, default none) and ``on_done``
+    follows each once all are done. Raises ValueError for duplicate names.
+    """
+    names = [name for name, _, _ in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"job names must be distinct, got {names}.")
+    runs: dict[str, str] = {}
+    if resolve_mode(scheduler, workers) == "inprocess":
+        for name, fn, kwargs in jobs:
+            runs[name] = str(fn(**kwargs))
+            if on_done:
+                on_done(name, runs[name])
+        return runs
+    results = submit_training(
+        [(fn, kwargs) for _, fn, kwargs in jobs],
+        scheduler=scheduler,
+        workers=workers,
+        resources=dict(resources or {}),
+    )
+    for name, result in zip(names, results, strict=True):
+        runs[name] = str(result)
+        if on_done:
+            on_done(name, runs[name])
+    return runs

@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 
-from calibseg import storage
+from calibseg import distributed, storage
 
 __all__ = [
     "MEMBER_PATTERN",
@@ -86,8 +86,9 @@ def train_members(
 ) -> dict[str, str]:
     """Train one member per (rater, seed) with ``calibseg.bundles.runner.train``; returns
     ``{member: run dir}``. ``patience`` sets early stopping on the bundle's validation
-    split (validations without a Dice gain; None keeps the bundle's setting). With ``scheduler`` (or ``workers``) the runs are Dask tasks through
-    ``calibseg.distributed.submit_training``, each asking for ``gpus_per_member`` GPUs."""
+    split (validations without a Dice gain; None keeps the bundle's setting). With
+    ``scheduler`` (or ``workers``) the runs are Dask tasks
+    (:func:`calibseg.distributed.run_training_jobs`), each asking for ``gpus_per_member`` GPUs."""
     from calibseg.bundles import runner
 
     plan = member_plan(raters, seeds)
@@ -103,27 +104,14 @@ def train_members(
         }
         for name, r, s in plan
     ]
-    runs: dict[str, str] = {}
-    if scheduler or workers:
-        from calibseg.distributed import submit_training
-
-        res = {"GPU": float(gpus_per_member)} if gpus_per_member else {}
-        results = submit_training(
-            [(runner.train, kw) for kw in kwargs],
-            scheduler=scheduler,
-            workers=workers,
-            resources=res,
-        )
-        for (name, _, _), run in zip(plan, results, strict=True):
-            runs[name] = str(run)
-            if on_done:
-                on_done(name, runs[name])
-        return runs
-    for (name, _, _), kw in zip(plan, kwargs, strict=True):
-        runs[name] = str(runner.train(**kw))
-        if on_done:
-            on_done(name, runs[name])
-    return runs
+    res = {"GPU": float(gpus_per_member)} if gpus_per_member else {}
+    return distributed.run_training_jobs(
+        [(name, runner.train, kw) for (name, _, _), kw in zip(plan, kwargs, strict=True)],
+        scheduler=scheduler,
+        workers=workers,
+        resources=res,
+        on_done=on_done,
+    )
 
 
 def predict_members(

@@ -29,9 +29,17 @@ import numpy as np
 from calibseg import storage
 from calibseg.binning import check_num_bins
 from calibseg.bundles import splits_at_run_time
+from calibseg.distributed import map_cases, resolve_mode
 from calibseg.ensemble.io import load_nifti
 
-__all__ = ["evaluate_run", "evaluate_case", "REGION_DATASETS", "next_free_dir", "METRICS"]
+__all__ = [
+    "evaluate_run",
+    "evaluate_predictions",
+    "evaluate_case",
+    "REGION_DATASETS",
+    "next_free_dir",
+    "METRICS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -334,19 +342,59 @@ def evaluate_run(
 
     Returns the summary dict (also with ``"output_dir"``).
     """
-    from calibseg.distributed import map_cases, resolve_mode
-
     check_num_bins(num_bins)
     resolve_mode(scheduler, workers)
     bundle = str(bundle).rstrip("/")
     items, class_names, dataset = _read_bundle(bundle, data_root)
     run = storage.join(bundle, run_name)
-    pred_dir = storage.join(run, "predictions")
+    return evaluate_predictions(
+        storage.join(run, "predictions"),
+        items,
+        class_names,
+        str(out_dir) if out_dir is not None else storage.join(run, "evaluation"),
+        num_bins=num_bins,
+        regions=dataset if regions else None,
+        case_figures=case_figures,
+        scheduler=scheduler,
+        workers=workers,
+        progress=progress,
+        source={"bundle": storage.redact(bundle), "run": run_name, "dataset": dataset},
+        missing_hint=f"run `calibseg predict {storage.redact(bundle)} {_run_option(run_name)}` first",
+    )
+
+
+def evaluate_predictions(
+    pred_dir: str,
+    items: Sequence[dict],
+    class_names: Sequence[str],
+    out_dir: str,
+    num_bins: int = 20,
+    regions: str | None = None,
+    case_figures: bool = False,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    source: dict[str, Any] | None = None,
+    missing_hint: str = "predict them first",
+) -> dict[str, Any]:
+    """Evaluate a folder of predictions ``<pred_dir>/<case>_prob.nii.gz`` (channel-last
+    ``[x, y, z, C]`` on each label's grid) against ``items`` (``{"case", "label"}``).
+
+    ``class_names``: the model's C classes, background first; ``regions``: ``"kits23"`` /
+    ``"brats21"`` to evaluate region channels instead. Writes the files of
+    :func:`evaluate_run` into ``out_dir`` or the next free ``…_2``, ``…_3`` folder; ``source``
+    (e.g. bundle, run, dataset) leads the summary. Returns the summary dict (also with
+    ``"output_dir"``). Raises FileNotFoundError naming the first case without a prediction
+    (with ``missing_hint``), ValueError for an item without ``case``/``label``.
+    """
+    check_num_bins(num_bins)
     tasks = []
     for it in items:
         case = str(it.get("case") or "")
         if not case or "label" not in it:
-            raise ValueError(f"test item without 'case'/'label' in {storage.redact(bundle)}: {it}")
+            raise ValueError(
+                f"test item without 'case'/'label' for {storage.redact(pred_dir)}: {it}"
+            )
         tasks.append(
             {
                 "case": case,
@@ -360,20 +408,18 @@ def evaluate_run(
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise FileNotFoundError(
             f"no prediction for case {missing[0]}{more} in {storage.redact(pred_dir)}: "
-            f"run `calibseg predict {storage.redact(bundle)} {_run_option(run_name)}` first."
+            f"{missing_hint}."
         )
-    names = class_names
-    region_key = None
-    if regions:
-        region_key = dataset
-        names = _region_transforms(dataset)[2]
-    fn = partial(evaluate_case, num_classes=len(class_names), num_bins=num_bins, regions=region_key)
+    names = list(class_names)
+    if regions is not None:
+        names = _region_transforms(regions)[2]
+    fn = partial(evaluate_case, num_classes=len(class_names), num_bins=num_bins, regions=regions)
     results = map_cases(
         fn, tasks, scheduler=scheduler, workers=workers, progress=progress, description="evaluate"
     )
     stats, summary, rows = _stats_summary(results, names)
 
-    out = next_free_dir(str(out_dir) if out_dir is not None else storage.join(run, "evaluation"))
+    out = next_free_dir(str(out_dir))
     case_ids = [r["case"] for r in results]
     from calibseg.metrics import save_bin_stats
 
@@ -386,10 +432,8 @@ def evaluate_run(
         _abort_output(stage, out, e)
         raise
     summary = {
-        "bundle": storage.redact(bundle),
-        "run": run_name,
-        "dataset": dataset,
-        "regions": bool(regions),
+        **(source or {}),
+        "regions": regions is not None,
         "num_cases": len(results),
         "num_bins": num_bins,
         "class_names": names,

@@ -3,11 +3,16 @@
 Statistics:
 - table: per (loss, calibration) the mean ± std over seeds of each seed's value, where a seed's
   value is the mean over test cases (macro metrics) or the dataset-level value (micro).
-- paired tests against the baseline (first loss, no post-hoc calibration): per case, the value
-  averaged over seeds (cases are the independent units); two-sided Wilcoxon signed-rank test
-  over cases and a paired bootstrap 95 % CI of the mean difference
+- paired tests of each row against its reference (:func:`reference_of`): the baseline (first
+  loss, no post-hoc calibration), except that the other nnU-Net rows (``nnunet_hardl1ace``,
+  ``nnunet_softl1ace``, with or without temperature, and ``nnunet_dicece`` with temperature)
+  are compared with ``nnunet_dicece`` without post-hoc calibration when the study has it — nnU-Net rows differ from bundle rows in the network, preprocessing,
+  augmentation and schedule as well as the loss, so only nnU-Net against nnU-Net isolates the
+  loss. Per case, the value averaged over seeds (cases are the independent units); two-sided
+  Wilcoxon signed-rank test over cases and a paired bootstrap 95 % CI of the mean difference
   (:func:`calibseg.metrics.statistics.paired_comparison`); p-values Holm-adjusted within each
-  metric over the compared rows (the family is "every row against the baseline on this metric").
+  metric over the compared rows (the family is "every row against its reference on this
+  metric").
 """
 
 from __future__ import annotations
@@ -22,7 +27,17 @@ import numpy as np
 
 from calibseg import storage
 
-__all__ = ["summary_table", "paired_tests", "holm", "write_report", "TABLE_METRICS", "TEST_METRICS"]
+__all__ = [
+    "summary_table",
+    "paired_tests",
+    "reference_of",
+    "holm",
+    "write_report",
+    "TABLE_METRICS",
+    "TEST_METRICS",
+    "NNUNET_PREFIX",
+    "NNUNET_REFERENCE",
+]
 
 TABLE_METRICS: tuple[str, ...] = (
     "dice",
@@ -35,6 +50,9 @@ TABLE_METRICS: tuple[str, ...] = (
     "micro_mce",
 )
 TEST_METRICS: tuple[str, ...] = ("ace", "ece", "mce", "dice", "hd95")
+NNUNET_PREFIX = "nnunet_"
+#: the nnU-Net row that nnU-Net ACE rows are compared with when the study has it
+NNUNET_REFERENCE = "nnunet_dicece"
 
 
 def holm(pvalues) -> np.ndarray:
@@ -83,24 +101,43 @@ def summary_table(frame) -> Any:
     return pd.DataFrame(rows).set_index(["loss", "calibration"])
 
 
-def paired_tests(frame, n_boot: int = 10000) -> Any:
-    """Each (loss, calibration) row against the baseline row, per metric of TEST_METRICS.
+def reference_of(frame) -> dict[tuple[str, str], tuple[str, str]]:
+    """The row each (loss, calibration) row is compared with: when the study has
+    ``nnunet_dicece``, every other nnU-Net row (other nnU-Net losses, and ``nnunet_dicece``
+    with temperature) is compared with ``(nnunet_dicece, "none")``; every other row, including
+    ``(nnunet_dicece, "none")`` itself, with the baseline (first loss, ``"none"``). The
+    baseline row has no reference (absent from the result)."""
+    variants = _variants(frame)
+    base = variants[0]
+    nn_ref = (NNUNET_REFERENCE, "none")
+    refs = {}
+    for v in variants:
+        ref = base
+        if v[0].startswith(NNUNET_PREFIX) and v != nn_ref and nn_ref in variants:
+            ref = nn_ref
+        if v != ref:
+            refs[v] = ref
+    return refs
 
-    Returns a DataFrame with loss, calibration, metric, n_cases, mean_diff (row − baseline),
-    ci_low, ci_high, p_value, p_holm.
+
+def paired_tests(frame, n_boot: int = 10000) -> Any:
+    """Each (loss, calibration) row against its reference row (:func:`reference_of`), per
+    metric of TEST_METRICS.
+
+    Returns a DataFrame with loss, calibration, reference (its loss), metric, n_cases,
+    mean_diff (row − reference), ci_low, ci_high, p_value, p_holm.
     """
     import pandas as pd
 
     from calibseg.metrics.statistics import paired_comparison
 
-    variants = _variants(frame)
-    base = variants[0]
+    refs = reference_of(frame)
     cases = frame[frame["case"].astype(str) != ""]
     per_case = cases.groupby(["loss", "calibration", "metric", "case"])["value"].mean()
     rows = []
     for metric in TEST_METRICS:
         block = []
-        for v in variants[1:]:
+        for v, base in refs.items():
             try:
                 a = per_case.loc[(*base, metric)]
                 b = per_case.loc[(*v, metric)]
@@ -112,6 +149,7 @@ def paired_tests(frame, n_boot: int = 10000) -> Any:
                 {
                     "loss": v[0],
                     "calibration": v[1],
+                    "reference": base[0],
                     "metric": metric,
                     "n_cases": res["n_cases"],
                     "mean_diff": res["mean_diff"],
@@ -219,13 +257,14 @@ def _tests_html(tests) -> str:
         body.append(
             "<tr>"
             f"<td>{html.escape(r['loss'])}</td><td>{html.escape(r['calibration'])}</td>"
+            f"<td>{html.escape(r['reference'])}</td>"
             f"<td>{html.escape(r['metric'])}</td><td>{int(r['n_cases'])}</td>"
             f"<td>{r['mean_diff']:+.4f}</td><td>[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]</td>"
             f"<td>{_fmt_p(r['p_value'])}</td><td>{_fmt_p(r['p_holm'])}</td></tr>"
         )
     return (
-        "<table id='tests'><thead><tr><th>loss</th><th>post-hoc</th><th>metric</th><th>cases</th>"
-        "<th>mean diff (row − baseline)</th><th>bootstrap 95 % CI</th><th>Wilcoxon p</th>"
+        "<table id='tests'><thead><tr><th>loss</th><th>post-hoc</th><th>compared with</th>"
+        "<th>metric</th><th>cases</th><th>mean diff (row − compared row)</th><th>bootstrap 95 % CI</th><th>Wilcoxon p</th>"
         f"<th>Holm p</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
     )
 
@@ -270,6 +309,37 @@ def _temperatures_html(runs: list[dict]) -> str:
     )
 
 
+def _nnunet_note(frame, baseline: str) -> str:
+    """What an nnU-Net row is compared with, and why it is not a loss-only comparison with a
+    bundle row ("" for a study without nnU-Net losses)."""
+    losses = list(dict.fromkeys(frame["loss"]))
+    nn = [lo for lo in losses if lo.startswith(NNUNET_PREFIX)]
+    if not nn:
+        return ""
+    if NNUNET_REFERENCE in losses:
+        rule = (
+            f"The other nnU-Net rows are compared with {NNUNET_REFERENCE} (nnU-Net's own "
+            f"Dice+CE, no post-hoc calibration), which isolates the loss; {NNUNET_REFERENCE} "
+            f"itself is compared with {html.escape(baseline)}."
+        )
+    else:
+        rule = (
+            f"The study has no {NNUNET_REFERENCE}, so the nnU-Net rows are compared with "
+            f"{html.escape(baseline)}: add {NNUNET_REFERENCE} to compare the losses within "
+            "nnU-Net."
+        )
+    return (
+        "<p class='note' id='nnunet-note'><b>nnU-Net rows</b> ("
+        f"{html.escape(', '.join(nn))}) are trained by nnU-Net's own pipeline on the same cases "
+        "and splits: its planned network, resampling and normalisation, data augmentation, "
+        "patch sampling, deep supervision, learning-rate schedule and test-time mirroring all "
+        "differ from the bundles', so an nnU-Net row differs from a bundle row in more than "
+        "the loss. Early stopping and the checkpoint used follow nnU-Net's EMA validation "
+        "pseudo-Dice (patience in epochs); its per-epoch pseudo-Dice is in study.json, not in "
+        f"the validation curves below. {rule}</p>"
+    )
+
+
 def write_report(out: str, frame, runs: list[dict], settings: Any) -> str:
     """Write ``<out>/report.html`` (self-contained: figures embedded as PNG data) and
     ``<out>/summary.csv`` / ``<out>/tests.csv``; return the report's path."""
@@ -284,6 +354,7 @@ def write_report(out: str, frame, runs: list[dict], settings: Any) -> str:
     seeds = sorted({int(s) for s in frame["seed"]})
     n_cases = frame[frame["case"].astype(str) != ""]["case"].nunique()
     baseline = _variants(frame)[0][0]
+    nn_note = _nnunet_note(frame, baseline)
     patience = int(getattr(settings, "patience", 0) or 0)
     stopping = (
         f"with early stopping on the validation split (patience {patience} validations)"
@@ -301,10 +372,12 @@ temperature"). Metrics are over foreground classes: Dice, HD95 (mm), and macro E
 (per case, then averaged) and micro ECE/ACE/MCE (all test voxels pooled).</p>
 <h2>Results (mean ± std over seeds)</h2>
 {_table_html(table)}
+{nn_note}
 <h2>Paired tests against {html.escape(baseline)} (no post-hoc calibration)</h2>
 <p class="note">Per case, values are averaged over seeds; two-sided Wilcoxon signed-rank test
 over cases, paired bootstrap 95 % CI of the mean difference (10,000 resamples), p-values
-Holm-adjusted within each metric.</p>
+Holm-adjusted within each metric. Each row is compared with the row named in "compared with"
+(without post-hoc calibration).</p>
 {_tests_html(tests)}
 {_temperatures_html(runs)}
 <h2>Validation curves</h2>

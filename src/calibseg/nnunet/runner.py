@@ -43,6 +43,7 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from calibseg import storage
+from calibseg.distributed import run_training_jobs
 from calibseg.ensemble.members import member_name
 from calibseg.nnunet import trainer_path
 from calibseg.nnunet.options import TrainOptions
@@ -357,10 +358,6 @@ def predict(
     return output_folder
 
 
-def _member_job(kw: dict) -> str:
-    return train(**kw)
-
-
 def train_members(
     out: str,
     datasets: dict[int | str, int | str],
@@ -380,7 +377,7 @@ def train_members(
     ``train_kwargs`` go to :func:`train`. Returns ``{member: fold folder}``.
 
     With ``scheduler`` or ``workers`` the members are Dask tasks
-    (:func:`calibseg.distributed.submit_training`), otherwise they run one after another.
+    (:func:`calibseg.distributed.run_training_jobs`), otherwise they run one after another.
     """
     if not datasets or not seeds:
         raise ValueError("give at least one rater dataset and one seed.")
@@ -398,26 +395,12 @@ def train_members(
                 **train_kwargs,
             }
             plan.append((name, kw))
-    runs: dict[str, str] = {}
-    if scheduler or workers:
-        from calibseg.distributed import submit_training
-
-        results = submit_training(
-            [(_member_job, {"kw": kw}) for _, kw in plan],
-            scheduler=scheduler,
-            workers=workers,
-            resources={},
-        )
-        for (name, _), run in zip(plan, results, strict=True):
-            runs[name] = str(run)
-            if on_done:
-                on_done(name, runs[name])
-        return runs
-    for name, kw in plan:
-        runs[name] = train(**kw)
-        if on_done:
-            on_done(name, runs[name])
-    return runs
+    return run_training_jobs(
+        [(name, train, kw) for name, kw in plan],
+        scheduler=scheduler,
+        workers=workers,
+        on_done=on_done,
+    )
 
 
 def predict_members(
