@@ -7,11 +7,11 @@ from enum import Enum
 import typer
 
 from calibseg.cli.common import console
-from calibseg.metrics.uncertainty import UncertaintyAccumulator
+from calibseg.metrics.choices import COMBINE_METHODS
 
 #: ``--method`` choices: how member probabilities are combined
 Method = Enum(  # type: ignore[misc]
-    "Method", {m.replace("-", "_"): m for m in UncertaintyAccumulator.METHODS}, type=str
+    "Method", {m.replace("-", "_"): m for m in COMBINE_METHODS}, type=str
 )
 
 

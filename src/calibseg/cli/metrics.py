@@ -7,7 +7,7 @@ from enum import Enum
 import typer
 
 from calibseg.cli.common import console, print_table
-from calibseg.metrics.multirater import REGIONS
+from calibseg.metrics.choices import REGIONS
 
 #: ``--region`` choices (typer lists them in --help and refuses others)
 Region = Enum("Region", {r: r for r in REGIONS}, type=str)  # type: ignore[misc]

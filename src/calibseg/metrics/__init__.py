@@ -4,21 +4,37 @@ Multi-rater, uncertainty and error-detection metrics live in submodules
 (``calibseg.metrics.multirater`` …) and are imported from there.
 """
 
-from calibseg.metrics.binstats_io import load_bin_stats, save_bin_stats
-from calibseg.metrics.calibration import (
-    ERROR_NAMES,
-    CalibrationAccumulator,
-    CalibrationErrorMetric,
-    CalibrationReduction,
-    calibration_binning,
-    macro_micro_errors,
-)
-from calibseg.metrics.diagram import ReliabilityDiagramMetric
-from calibseg.metrics.reliability import (
-    binning_tensor,
-    calculate_heatmap_from_bins,
-    stats_from_binning_tensor,
-)
+import importlib
+
+# public name -> submodule: imported on first use, so that importing a submodule (the command
+# line reads calibseg.metrics.choices) does not load MONAI and torch
+_SOURCES = {
+    "load_bin_stats": "binstats_io",
+    "save_bin_stats": "binstats_io",
+    "ERROR_NAMES": "calibration",
+    "CalibrationAccumulator": "calibration",
+    "CalibrationErrorMetric": "calibration",
+    "CalibrationReduction": "calibration",
+    "calibration_binning": "calibration",
+    "macro_micro_errors": "calibration",
+    "ReliabilityDiagramMetric": "diagram",
+    "binning_tensor": "reliability",
+    "calculate_heatmap_from_bins": "reliability",
+    "stats_from_binning_tensor": "reliability",
+}
+
+
+def __getattr__(name: str):
+    if name in _SOURCES:
+        value = getattr(importlib.import_module(f"{__name__}.{_SOURCES[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SOURCES])
+
 
 __all__ = [
     "ERROR_NAMES",

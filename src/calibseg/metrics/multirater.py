@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from calibseg.binning import compute_bin_stats
+from calibseg.metrics.choices import REGIONS
 from calibseg.metrics.error_detection import voxel_error_detection
 from calibseg.metrics.uncertainty import entropy, normalized_cross_correlation, one_minus_max_prob
 
@@ -55,8 +56,6 @@ __all__ = [
     "uncertainty_variance_ncc",
     "case_metrics",
 ]
-
-REGIONS = ("whole", "body", "dilated")
 
 
 def _check_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

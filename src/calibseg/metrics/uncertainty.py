@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
+from calibseg.metrics.choices import COMBINE_METHODS
+
 __all__ = [
     "entropy",
     "one_minus_max_prob",
@@ -58,7 +60,7 @@ class UncertaintyAccumulator:
     ``1 − max p``, which is taken on the combined map).
     """
 
-    METHODS = ("mean", "logit-mean", "weighted")
+    METHODS = COMBINE_METHODS
 
     def __init__(
         self, method: str = "mean", eps: float = 1e-6, dtype: torch.dtype = torch.float64
