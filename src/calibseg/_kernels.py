@@ -469,6 +469,31 @@ def guess_tolerance(hi: np.ndarray) -> np.float32:
 
 
 @njit(inline="always")
+def _checks_start(pt, yt):
+    """Start the bit-pattern checks of a tile: ``(pb, yb, onep, oney, mxp, mxy, mny)``, the
+    patterns of ``pt`` and ``yt``, the pattern of 1 in each, and the running largest pattern of
+    each and smallest non-zero pattern of ``yt`` (see :func:`_checks_add`)."""
+    pb = bits(pt)
+    yb = bits(yt)
+    oney = one_bits(yt)
+    return pb, yb, one_bits(pt), oney, pb[0], yb[0], oney
+
+
+@njit(inline="always")
+def _checks_add(q, r, mxp, mxy, mny, oney):
+    """Add one value's patterns ``q`` (probability) and ``r`` (target) to the running checks."""
+    rz = nonzero_or_one(r, oney)
+    return (q if q > mxp else mxp), (r if r > mxy else mxy), (rz if rz < mny else mny)
+
+
+@njit(inline="always")
+def _checks_failed(mxp, mxy, mny, onep, oney):
+    """True when a tile may hold a probability or target outside [0, 1] (or NaN, or -0.0) or a
+    target other than 0 and 1: its values are then counted exactly (:func:`exact_counts`)."""
+    return (mxp > onep) | (mxy > oney) | (mny < oney)
+
+
+@njit(inline="always")
 def exact_counts(pt, yt, tn):
     """Numbers of values of ``pt[:tn]`` and of ``yt[:tn]`` outside [0, 1] or NaN, and of
     targets other than 0 and 1 (for a tile whose bit-pattern checks failed)."""
@@ -534,26 +559,15 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
                     tn = t1 - t0
                     pt = ps[c, :tn] if pk else stage(p, b, c, t0, tn, ps[0])
                     yt = ys[c, :tn] if yk else stage(y, b, c, t0, tn, ys[0])
-                    pb = bits(pt)
-                    yb = bits(yt)
-                    onep = one_bits(pt)
-                    oney = one_bits(yt)
-                    mxp = pb[0]
-                    mxy = yb[0]
-                    mny = oney
+                    pb, yb, onep, oney, mxp, mxy, mny = _checks_start(pt, yt)
                     near = False
                     for i in range(tn):
-                        q = pb[i]
-                        mxp = q if q > mxp else mxp
-                        r = yb[i]
-                        mxy = r if r > mxy else mxy
-                        rz = nonzero_or_one(r, oney)
-                        mny = rz if rz < mny else mny
+                        mxp, mxy, mny = _checks_add(pb[i], yb[i], mxp, mxy, mny, oney)
                         g, nr = _guess(np.float32(pt[i]), kf, tau)
                         near = near | nr
                         idx[i] = np.uint8(g + g + np.int32(yt[i] != 0))
                     nonbin = 0
-                    if (mxp > onep) | (mxy > oney) | (mny < oney):  # exact counts, this tile
+                    if _checks_failed(mxp, mxy, mny, onep, oney):  # exact counts, this tile
                         cp, cy, nonbin = exact_counts(pt, yt, tn)
                         bp += cp
                         by += cy
@@ -742,25 +756,14 @@ def soft_hist_kernel(u0, u1, dims, p, y, inv_width, k, part_w, part_p, part_y, b
                     tn = t1 - t0
                     pt = ps[c, :tn] if pk else stage(p, b, c, t0, tn, ps[0])
                     yt = ys[c, :tn] if yk else stage(y, b, c, t0, tn, ys[0])
-                    pb = bits(pt)
-                    yb = bits(yt)
-                    onep = one_bits(pt)
-                    oney = one_bits(yt)
-                    mxp = pb[0]
-                    mxy = yb[0]
-                    mny = oney
+                    pb, yb, onep, oney, mxp, mxy, mny = _checks_start(pt, yt)
                     for i in range(tn):
-                        q = pb[i]
-                        mxp = q if q > mxp else mxp
-                        r = yb[i]
-                        mxy = r if r > mxy else mxy
-                        rz = nonzero_or_one(r, oney)
-                        mny = rz if rz < mny else mny
+                        mxp, mxy, mny = _checks_add(pb[i], yb[i], mxp, mxy, mny, oney)
                         lo, _, fr, _ = _soft_split(np.float64(pt[i]), inv_width, k)
                         frs[i] = fr
                         idx[i] = np.uint8(lo + lo) + np.uint8(yt[i] != 0)
                     nonbin = 0
-                    if (mxp > onep) | (mxy > oney) | (mny < oney):  # exact counts, this tile
+                    if _checks_failed(mxp, mxy, mny, onep, oney):  # exact counts, this tile
                         cp, cy, nonbin = exact_counts(pt, yt, tn)
                         bp += cp
                         by += cy
