@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from calibseg.binning import binned_sums
 from calibseg.losses import (
     HardL1ACELoss,
     SoftL1ACELoss,
@@ -400,3 +401,21 @@ def test_integer_and_bool_targets(cls):
     assert cls(softmax=True)(logits, onehot.to(torch.uint8)).item() == pytest.approx(want, abs=1e-6)
     with pytest.raises(ValueError, match=r"target must lie in \[0, 1\]"):
         cls(softmax=True)(logits, onehot.long() * 2)
+
+
+@pytest.mark.parametrize("cls", LOSSES)
+@pytest.mark.parametrize("bad", [1.5, -0.25, float("nan")])
+def test_probabilities_outside_0_1_are_refused_by_the_binning_pass(cls, bad) -> None:
+    """The range check happens inside the binning pass (no separate pass); a bad probability
+    anywhere, in any class, still gives the loss's own message with its hint."""
+    _, _, onehot = random_case(dtype=torch.float32)
+    p = torch.full(onehot.shape, 0.25)
+    p.view(-1)[p.numel() // 2 + 7] = bad
+    with pytest.raises(
+        ValueError, match=r"input (must lie in \[0, 1\].*softmax=True|contains NaN)"
+    ):
+        cls()(p.requires_grad_(), onehot)
+    w, sp, sy = binned_sums(p.detach(), onehot, 20)  # without check_range: no error
+    assert int(w.sum()) == p.numel()
+    with pytest.raises(ValueError, match="must lie in"):
+        binned_sums(p.detach(), onehot, 20, check_range=True)

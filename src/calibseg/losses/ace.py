@@ -45,14 +45,31 @@ _TARGET_HINT = (
 )
 
 
-def _check_pair(input: torch.Tensor, target: torch.Tensor, target_checked: bool = False) -> None:
-    """Same shapes (via ``validate_pair``), then one range/finiteness pass per tensor."""
+def _check_pair(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    target_checked: bool = False,
+    ranges: bool = True,
+) -> None:
+    """Same shapes (via ``validate_pair``), a floating-point input, then (with ``ranges``) one
+    range/finiteness pass per tensor, raising ValueError with a hint for the user."""
     validate_pair(input, target, check_range=False)
     if not input.is_floating_point():
         raise TypeError(f"input must be a floating-point tensor, got {input.dtype}.")
-    check_unit_range(input, "input", _RANGE_HINT)
-    if not target_checked:
-        check_unit_range(target, "target", _TARGET_HINT)
+    if ranges:
+        check_unit_range(input, "input", _RANGE_HINT)
+        if not target_checked:
+            check_unit_range(target, "target", _TARGET_HINT)
+
+
+def _sums(input: torch.Tensor, target: torch.Tensor, target_checked: bool, **kw) -> tuple:
+    """:func:`binned_sums` with the range check folded into the binning pass; a value outside
+    [0, 1] is then reported by the loss's own checks (same messages as before the pass)."""
+    try:
+        return binned_sums(input, target, check_range=True, **kw)
+    except ValueError:
+        _check_pair(input, target, target_checked)
+        raise
 
 
 def _check_empty_weight(empty_weight: float) -> float:
@@ -175,17 +192,22 @@ class _L1ACELoss(_Loss):
         target_checked = self.to_onehot_y and n_pred_ch > 1  # built here: one-hot, valid
         if not self.include_background and n_pred_ch > 1:
             input, target = input[:, 1:], target[:, 1:]
-        _check_pair(input, target, target_checked)
+        _check_pair(input, target, target_checked, ranges=False)  # ranges: in the binning pass
 
         if self._soft and not self.membership_grad and input.requires_grad:
             # bin weights of the detached probabilities; sum_p binned as a "target" so that
             # its gradient is the bin weight alone (no derivative of the split itself)
             fixed = input.detach()
-            w, _, sum_gt = binned_sums(fixed, target, num_bins=self.num_bins, soft=True)
+            w, _, sum_gt = _sums(fixed, target, target_checked, num_bins=self.num_bins, soft=True)
             _, _, sum_p = binned_sums(fixed, input, num_bins=self.num_bins, soft=True)
         else:
-            w, sum_p, sum_gt = binned_sums(
-                input, target, num_bins=self.num_bins, right=self.right, soft=self._soft
+            w, sum_p, sum_gt = _sums(
+                input,
+                target,
+                target_checked,
+                num_bins=self.num_bins,
+                right=self.right,
+                soft=self._soft,
             )
         valid = (w > 0) & (w >= self.empty_weight)
         gap = (sum_p - sum_gt).abs() / torch.where(valid, w, torch.ones_like(w))
