@@ -278,69 +278,65 @@ def gather(src, o, tn, scratch):
 
 
 @njit(inline="always")
-def _rows(blk, rows, tn, nc, kind):
-    """``rows[c, i] = blk[i nc + c]`` for ``i < tn`` (values as stored for ``DIRECT``, widened
-    16-bit patterns for ``FLOAT16``/``BFLOAT16``, wide integers above 1 as 2 for ``WIDE``);
+def _rows(blk, rows, tn, nc, wide):
+    """``rows[c, i] = blk[i nc + c]`` for ``i < tn`` (with ``wide``, integers above 1 as 2);
     ``nc`` a constant at each call site, so that the loop is vectorised as an interleaved
     load."""
-    if kind == DIRECT:
-        for i in range(tn):
-            for c in range(nc):
-                rows[c, i] = blk[i * nc + c]
-    elif kind == BFLOAT16:
-        for i in range(tn):
-            for c in range(nc):
-                rows[c, i] = bf16_to_f32(blk[i * nc + c])
-    elif kind == FLOAT16:
-        for i in range(tn):
-            for c in range(nc):
-                rows[c, i] = f16_to_f32(blk[i * nc + c])
-    else:
+    if wide:
         for i in range(tn):
             for c in range(nc):
                 v = blk[i * nc + c]
                 rows[c, i] = v if v <= 1 else 2
+    else:
+        for i in range(tn):
+            for c in range(nc):
+                rows[c, i] = blk[i * nc + c]
 
 
 @njit(inline="always")
-def _rows_small(blk, rows, tn, kind):
+def _rows_small(blk, rows, tn, wide):
+    """:func:`_rows` for 2, 3 or 4 classes (each count its own vectorised loop: more would
+    cost compile time for class counts rarely met; others are read class by class)."""
     nc = rows.shape[0]
     if nc == 2:
-        _rows(blk, rows, tn, 2, kind)
+        _rows(blk, rows, tn, 2, wide)
     elif nc == 3:
-        _rows(blk, rows, tn, 3, kind)
-    elif nc == 4:
-        _rows(blk, rows, tn, 4, kind)
-    elif nc == 5:
-        _rows(blk, rows, tn, 5, kind)
-    elif nc == 6:
-        _rows(blk, rows, tn, 6, kind)
-    elif nc == 7:
-        _rows(blk, rows, tn, 7, kind)
+        _rows(blk, rows, tn, 3, wide)
     else:
-        _rows(blk, rows, tn, 8, kind)
+        _rows(blk, rows, tn, 4, wide)
 
 
 @njit(nogil=True)
 def fill_rows(src, b, t0, tn, rows):
     """Stage ``[b, :, t0 : t0 + tn]`` of a source stored channel-last (class stride 1, voxel
-    stride = number of classes, 2 to 8 classes, ``tn <= TILE``) into ``rows[:, :tn]`` in one
-    pass over its memory (an interleaved load, vectorised). False, nothing done, for any other
-    layout or for 2- and 4-byte integers (those are read class by class by :func:`stage`)."""
+    stride = number of classes, 2 to 4 classes, ``tn <= TILE``) into ``rows[:, :tn]`` in one
+    pass over its memory (an interleaved load, vectorised; half-precision patterns are moved
+    as 16-bit integers, then widened row by row). False, nothing done, for any other layout or
+    for 2- and 4-byte integers (those are read class by class by :func:`stage`)."""
     f, h, u, kind, width, sb, sc, sn = src
     nc = rows.shape[0]
-    if sc != 1 or sn != nc or nc < 2 or nc > 8 or tn > rows.shape[1]:
+    if sc != 1 or sn != nc or nc < 2 or nc > 4 or tn > rows.shape[1]:
         return False
     o = b * sb + t0 * sn
     m = tn * nc
     if kind == DIRECT:
-        _rows_small(f[o : o + m], rows, tn, DIRECT)
-    elif kind != WIDE:
-        _rows_small(h[o : o + m], rows, tn, kind)
-    elif width == 8:
-        _rows_small(u.view(np.uint64)[o : o + m], rows, tn, WIDE)
+        _rows_small(f[o : o + m], rows, tn, False)
+    elif kind == WIDE:
+        if width != 8:
+            return False
+        _rows_small(u.view(np.uint64)[o : o + m], rows, tn, True)
     else:
-        return False
+        r16 = np.empty((nc, tn), np.uint16)
+        _rows_small(h[o : o + m], r16, tn, False)
+        for c in range(nc):
+            rc = rows[c]
+            hc = r16[c]
+            if kind == BFLOAT16:
+                for i in range(tn):
+                    rc[i] = bf16_to_f32(hc[i])
+            else:
+                for i in range(tn):
+                    rc[i] = f16_to_f32(hc[i])
     return True
 
 

@@ -192,9 +192,9 @@ def test_integer_targets_outside_0_1_are_refused_in_any_layout(dtype, bad: int) 
             compute_bin_stats(p, y, 20, validate=validate)
 
 
-@pytest.mark.parametrize("classes", [2, 3, 5, 8, 9])
+@pytest.mark.parametrize("classes", [2, 3, 4, 5, 9])
 def test_channel_last_staging_for_every_class_count(classes: int) -> None:
-    """Channel-last data of 2 to 8 classes is staged for all classes in one pass, other class
+    """Channel-last data of 2 to 4 classes is staged for all classes in one pass, other class
     counts class by class: every count gives MONAI's counts (hard) and the float64 torch path's
     sums (soft), for channel-last predictions and one-hot target views of several dtypes."""
     p0, labels = _realistic((2, classes, 21, 19, 17), seed=10 + classes)
