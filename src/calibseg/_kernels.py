@@ -216,11 +216,31 @@ def source_bytes(src):
 
 
 @njit(inline="always")
+def ahead_step(data, o, width, i0):
+    """In a loop over values ``i0 = 0, LANES2, 2 LANES2 …`` of the current tile: prefetch the
+    next tile (element offset ``o``, ``width`` bytes per element) one cache line per line."""
+    if ((i0 * width) & 63) < LANES2 * width:
+        ahead(data, (o + i0) * width)
+
+
+@njit(inline="always")
 def ahead(data, o):
     """Prefetch byte ``o`` of ``data`` if it exists (used while a tile is being binned, so
     that the next tile comes from cache instead of memory)."""
     if o < data.shape[0]:
         _prefetch(data, o)
+
+
+@njit(inline="always")
+def _widen(h, o, sn, tn, out, bf):
+    """``out[i]`` = the float32 value of the half-precision pattern ``h[o + i sn]`` for
+    ``i < tn``: bfloat16 if ``bf``, else float16."""
+    if bf:
+        for i in range(tn):
+            out[i] = bf16_to_f32(h[np.uintp(o + i * sn)])
+    else:
+        for i in range(tn):
+            out[i] = f16_to_f32(h[np.uintp(o + i * sn)])
 
 
 @njit(inline="always")
@@ -248,27 +268,16 @@ def stage(src, b, c, t0, tn, scratch):
 @njit(nogil=True)
 def gather(src, o, tn, scratch):
     """Fill ``scratch[:tn]`` with the values of a source from element ``o`` on (strided values
-    read as stored, half patterns widened by :func:`f16_to_f32` / :func:`bf16_to_f32`, multi-byte integers)."""
+    read as stored, half patterns widened by :func:`_widen`, multi-byte integers)."""
     f, h, u, kind, width, sb, sc, sn = src
     if kind == DIRECT:
         for i in range(tn):
             scratch[i] = f[np.uintp(o + i * sn)]
-    elif kind == BFLOAT16:
-        if sn == 1:
-            hs = h[o : o + tn]
-            for i in range(tn):
-                scratch[i] = bf16_to_f32(hs[i])
+    elif kind != WIDE:
+        if sn == 1:  # unit stride seen by the compiler: vectorised
+            _widen(h[o : o + tn], 0, 1, tn, scratch, kind == BFLOAT16)
         else:
-            for i in range(tn):
-                scratch[i] = bf16_to_f32(h[np.uintp(o + i * sn)])
-    elif kind == FLOAT16:
-        if sn == 1:
-            hs = h[o : o + tn]
-            for i in range(tn):
-                scratch[i] = f16_to_f32(hs[i])
-        else:
-            for i in range(tn):
-                scratch[i] = f16_to_f32(h[np.uintp(o + i * sn)])
+            _widen(h, o, sn, tn, scratch, kind == BFLOAT16)
     elif width == 2:
         _stage_wide(u.view(np.uint16), o, sn, tn, scratch)
     elif width == 4:
@@ -329,14 +338,7 @@ def fill_rows(src, b, t0, tn, rows):
         r16 = np.empty((nc, tn), np.uint16)
         _rows_small(h[o : o + m], r16, tn, False)
         for c in range(nc):
-            rc = rows[c]
-            hc = r16[c]
-            if kind == BFLOAT16:
-                for i in range(tn):
-                    rc[i] = bf16_to_f32(hc[i])
-            else:
-                for i in range(tn):
-                    rc[i] = f16_to_f32(hc[i])
+            _widen(r16[c], 0, 1, tn, rows[c], kind == BFLOAT16)
     return True
 
 
@@ -575,10 +577,8 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
                     op = next_tile(p, b, c, t0, pk)
                     oy = next_tile(y, b, c, t0, yk)
                     for i0 in range(0, tq, LANES2):
-                        if ((i0 * pw) & 63) < LANES2 * pw:  # a prefetch per cache line
-                            ahead(pbyt, (op + i0) * pw)
-                        if ((i0 * yw) & 63) < LANES2 * yw:
-                            ahead(ybyt, (oy + i0) * yw)
+                        ahead_step(pbyt, op, pw, i0)
+                        ahead_step(ybyt, oy, yw, i0)
                         for ln in range(LANES2):
                             j = np.uintp(idx[i0 + ln]) + np.uintp(ln * k2)
                             hcc[j] += 1
@@ -767,10 +767,8 @@ def soft_hist_kernel(u0, u1, dims, p, y, inv_width, k, part_w, part_p, part_y, b
                     oy = next_tile(y, b, c, t0, yk)
                     tq = (tn // LANES2) * LANES2
                     for i0 in range(0, tq, LANES2):
-                        if ((i0 * pw) & 63) < LANES2 * pw:  # a prefetch per cache line
-                            ahead(pbyt, (op + i0) * pw)
-                        if ((i0 * yw) & 63) < LANES2 * yw:
-                            ahead(ybyt, (oy + i0) * yw)
+                        ahead_step(pbyt, op, pw, i0)
+                        ahead_step(ybyt, oy, yw, i0)
                         for ln in range(LANES2):
                             i = i0 + ln
                             j = np.uintp(idx[i]) + np.uintp(ln * k2)
