@@ -32,7 +32,15 @@ from monai.transforms import VoteEnsemble
 from calibseg import storage
 from calibseg.ensemble.io import load_rater_items
 
-__all__ = ["RawDataset", "majority_vote", "convert_multirater", "dataset_folder_name"]
+__all__ = [
+    "RawDataset",
+    "majority_vote",
+    "convert_multirater",
+    "dataset_folder_name",
+    "load_label",
+    "save_label",
+    "place_image",
+]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 
@@ -65,7 +73,8 @@ def majority_vote(labels: Sequence[np.ndarray], num_classes: int | None = None) 
     return np.asarray(voted[0]).astype(np.uint8 if n <= 256 else np.uint16)
 
 
-def _load_label(path: str) -> tuple[np.ndarray, nib.Nifti1Image]:
+def load_label(path: str) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """A label map (int64 array) and its image; ValueError unless non-negative integers."""
     with storage.local_path(path) as local:
         img = nib.load(local)
         data = np.asarray(img.dataobj)
@@ -75,14 +84,16 @@ def _load_label(path: str) -> tuple[np.ndarray, nib.Nifti1Image]:
     return rounded.astype(np.int64), img
 
 
-def _save_label(path: str, data: np.ndarray, ref: nib.Nifti1Image) -> None:
+def save_label(path: str, data: np.ndarray, ref: nib.Nifti1Image) -> None:
+    """Write ``data`` as a uint8 label map on the grid and header of ``ref``."""
     img = nib.Nifti1Image(data.astype(np.uint8), ref.affine, ref.header)
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1, 0)
     nib.save(img, path)
 
 
-def _place_image(src: str, dest: str) -> None:
+def place_image(src: str, dest: str) -> None:
+    """Hard-link ``src`` (local or fetched) to ``dest``, copying where links are impossible."""
     with storage.local_path(src) as local:
         try:
             os.link(local, dest)
@@ -165,10 +176,10 @@ def convert_multirater(
             is_test = it in test_items
             img_sub = "imagesTs" if is_test else "imagesTr"
             for d in tmp_dirs:
-                _place_image(it["image"], os.path.join(d, img_sub, f"{case}_0000.nii.gz"))
+                place_image(it["image"], os.path.join(d, img_sub, f"{case}_0000.nii.gz"))
             if is_test:
                 continue
-            labs = [_load_label(p) for p in it["raters"]]
+            labs = [load_label(p) for p in it["raters"]]
             shapes = {lab.shape for lab, _ in labs}
             if len(shapes) != 1:
                 raise ValueError(f"case {case}: rater label maps have different shapes {shapes}.")
@@ -178,7 +189,7 @@ def convert_multirater(
                     data = majority_vote([lab for lab, _ in labs])
                 else:
                     data = labs[int(rater) - 1][0]
-                _save_label(os.path.join(d, "labelsTr", f"{case}.nii.gz"), data, labs[0][1])
+                save_label(os.path.join(d, "labelsTr", f"{case}.nii.gz"), data, labs[0][1])
         names = list(class_names or src_names or [])
         if not names:
             names = ["background"] + [f"class{c}" for c in range(1, max_label + 1)]

@@ -33,11 +33,12 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from monai.transforms import MapLabelValue
 
 from calibseg import storage
 from calibseg.ensemble.io import read_probabilities
 from calibseg.nnunet import LOSSES
-from calibseg.nnunet.convert import _load_label, _place_image, _save_label, dataset_folder_name
+from calibseg.nnunet.convert import dataset_folder_name, load_label, place_image, save_label
 from calibseg.nnunet.options import TrainOptions
 from calibseg.nnunet.runner import (
     load_checkpoint,
@@ -109,24 +110,22 @@ def _images(item: Mapping[str, Any]) -> list[str]:
 
 
 def _write_label(src: str, dest: str, num_classes: int, label_map: Mapping[int, int] | None):
-    data, ref = _load_label(src)
-    if label_map:
-        mapped = data.copy()
-        for raw, cls in label_map.items():
-            mapped[data == int(raw)] = int(cls)
-        data = mapped
+    data, ref = load_label(src)
+    if label_map:  # the dataset's map, applied as its training pipeline does (MONAI)
+        orig, target = zip(*sorted(label_map.items()), strict=True)
+        data = MapLabelValue(orig_labels=list(orig), target_labels=list(target))(data)
     if int(data.max()) >= num_classes:
         raise ValueError(
             f"{storage.redact(src)} has label {int(data.max())}; the study has {num_classes} "
             "classes."
         )
-    _save_label(dest, data, ref)
+    save_label(dest, data, ref)
 
 
 def _link_images(items: Sequence[Mapping[str, Any]], folder: str) -> None:
     for it in items:
         for k, image in enumerate(_images(it)):
-            _place_image(image, os.path.join(folder, f"{it['case']}_{k:04d}.nii.gz"))
+            place_image(image, os.path.join(folder, f"{it['case']}_{k:04d}.nii.gz"))
 
 
 def prepare_dataset(
