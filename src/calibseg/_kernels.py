@@ -55,7 +55,8 @@ LANES = 4
 LANES2 = 8  # sub-histograms of the narrow hard kernel (breaks same-bin update chains)
 TILE = 2048  # voxels of one class handled at once (bins, codes, staging); 2048 measured
 # faster than 512 and 1024 on every layout row (same process, one thread)
-NARROW_BINS = 64  # at most this many bins: the narrow hard kernel
+NARROW_BINS = 64  # at most this many bins: the narrow hard kernel (slots 2 bin + y < 128)
+FLAGS8 = np.uint64(0x8080808080808080)  # bit 7 of 8 slots (values near an edge)
 TINY = np.float32(np.finfo(np.float32).tiny)  # smallest normal float32
 TAU = 2.0**-10  # largest distance to an edge (in bins) that gets an exact bucketize
 BLOCK = 1 << 16  # values (voxels × classes) per parallel unit
@@ -725,10 +726,13 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
                             g = _hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)
                             idx[i] = np.uint8(2 * g) + (idx[i] & np.uint8(1))
                     elif near:  # values within tau of an inner edge (flagged by bit 7): exact
-                        for i in range(tn):
-                            if idx[i] & np.uint8(128):
-                                g = _hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)
-                                idx[i] = np.uint8(2 * g) + (idx[i] & np.uint8(1))
+                        iw = idx.view(np.uint64)  # 8 slots at a time: flags are rare
+                        for w in range((tn + 7) // 8):
+                            if iw[w] & FLAGS8:
+                                for i in range(8 * w, min(8 * w + 8, tn)):
+                                    if idx[i] & np.uint8(128):
+                                        g = _hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)
+                                        idx[i] = np.uint8(2 * g) + (idx[i] & np.uint8(1))
                     tq = (tn // LANES2) * LANES2
                     op = next_tile(p, b, c, t0, pk)
                     oy = next_tile(y, b, c, t0, yk)
