@@ -8,7 +8,8 @@ Every row gives the one-thread CPU time of ``calibseg.binning.compute_bin_stats`
 figure on a shared machine: ``time.thread_time`` of the calling thread) beside its wall time,
 MONAI 1.6.1's
 ``calibration_binning`` on the same tensors, and the ratios to MONAI and to the contiguous
-float32 row, all measured in this one run (min over repeats). Counts are checked against
+float32 row, all measured in this one run (min over repeats; our rows are timed round-robin, so
+that a burst of load from other tenants falls on all of them alike). Counts are checked against
 MONAI's on every row before timing. Then wall-time scaling over ``--threads``, and the cold
 start (``calibseg --help``; first kernel call in a fresh process).
 
@@ -112,6 +113,22 @@ def layout_rows(shape) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     return rows
 
 
+def _interleaved_min(fns: list, rounds: int) -> list[tuple[float, float]]:
+    """(thread CPU, wall) seconds of the fastest call of each function, timed round-robin
+    (every round calls every function once, after one warm-up round): a burst of load from
+    other tenants of the machine then falls on all rows alike instead of on one row's repeats."""
+    for fn in fns:
+        fn()
+    best = [(float("inf"), float("inf"))] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            c, w = time.thread_time(), time.perf_counter()
+            fn()
+            c, w = time.thread_time() - c, time.perf_counter() - w
+            best[i] = (min(best[i][0], c), min(best[i][1], w))
+    return best
+
+
 def bench_layouts(shape, repeats: int) -> None:
     """The layout/dtype table: one-thread CPU time and wall time, ratios measured here."""
     from monai.metrics.calibration import calibration_binning
@@ -123,32 +140,39 @@ def bench_layouts(shape, repeats: int) -> None:
     print(
         f"\ncompute_bin_stats on {list(shape)}, 20 bins, ONE thread: CPU time of the calling thread (thread_time,"
     )
-    print("stable on a shared machine) and wall time, ms; min over repeats; counts == MONAI's")
+    print(
+        "stable on a shared machine) and wall time, ms; min over repeats, rows timed round-robin;"
+    )
+    print("counts == MONAI's")
     head = f"{'input':<40}{'CPU':>7}{'wall':>7}{'MONAI CPU':>10}{'MONAI/ours':>11}{'/contig':>9}"
     rows = layout_rows(shape)
     conf, inner, sub = confidence_profile(rows[0][1])
     print(f"softmax p: max p > 0.9 in {conf:.1%} of voxels; {inner:.1%} of values in inner bins,")
     print(f"{sub:.3%} subnormal")
-    print(head)
-    base = None
     try:
+        monai_args, marks = [], []
         for name, p, y in rows:
             ours = B.compute_bin_stats(p, y)
             try:
                 calibration_binning(p, y)
-                my = y
-                mark = ""
+                my, mark = y, ""
             except (RuntimeError, TypeError):
                 my, mark = y.float(), "*"  # MONAI rejects this dtype: given float32 targets
             m_counts = calibration_binning(p.float(), my.float())[2]
             if not torch.equal(ours.weight, m_counts.long()):
                 raise SystemExit(f"counts differ from MONAI for {name}")
-            cpu = _min_cpu_time(lambda p=p, y=y: B.compute_bin_stats(p, y), 3 * repeats)
-            wall = _min_time(lambda p=p, y=y: B.compute_bin_stats(p, y), repeats)
+            monai_args.append((p, my))
+            marks.append(mark)
+        fns = [lambda p=p, y=y: B.compute_bin_stats(p, y) for _, p, y in rows]
+        times = _interleaved_min(fns, 4 * repeats)
+        print(head)
+        base = times[0][0]
+        for (name, _, _), (cpu, wall), (p, my), mark in zip(
+            rows, times, monai_args, marks, strict=True
+        ):
             monai = _min_cpu_time(
                 lambda p=p, my=my: calibration_binning(p, my), max(2, repeats // 2)
             )
-            base = base or cpu
             print(
                 f"{name:<40}{cpu * 1e3:>7.1f}{wall * 1e3:>7.1f}{monai * 1e3:>9.0f}{mark:1}"
                 f"{monai / cpu:>11.1f}{cpu / base:>9.2f}"
