@@ -356,13 +356,20 @@ def _codes_of_impl(a, o, tn, scratch):
         return lambda a, o, tn, scratch: a[o : o + tn]
 
     def impl(a, o, tn, scratch):
-        ab = bits(a[o : o + tn])
-        one = one_bits(a)
-        for i in range(tn):
-            scratch[i] = _code(ab[i], one)
+        _float_codes(a, o, tn, scratch)
         return scratch[:tn]
 
     return impl
+
+
+@njit(nogil=True)
+def _float_codes(a, o, tn, scratch):
+    """``scratch[:tn]`` = codes of the floats ``a[o : o + tn]`` (a call: the kernels inline
+    only their hot loops, which keeps their compile time down)."""
+    ab = bits(a[o : o + tn])
+    one = one_bits(a)
+    for i in range(tn):
+        scratch[i] = _code(ab[i], one)
 
 
 @njit(inline="always")
@@ -630,7 +637,7 @@ def _checks_failed(mxp, mxy, mny, onep, oney):
     return (mxp > onep) | (mxy > oney) | (mny < oney)
 
 
-@njit(inline="always")
+@njit(nogil=True)
 def exact_counts(pt, yt, tn):
     """Numbers of values of ``pt[:tn]`` and of ``yt[:tn]`` outside [0, 1] or NaN, and of
     targets other than 0 and 1 (for a tile whose bit-pattern checks failed)."""
@@ -644,6 +651,28 @@ def exact_counts(pt, yt, tn):
         by += np.int64((w < 0) | (w > 1) | (w != w))
         nonbin += np.int64((w != 0) & (w != 1))
     return bp, by, nonbin
+
+
+@njit(nogil=True)
+def exact_slots(pt, idx, tn, lo, hi, every):
+    """Exact bins (``torch.bucketize`` semantics, :func:`_hard_idx`) in the slots ``idx[:tn]``
+    of the values ``pt`` (see :func:`hard_hist_narrow`): of every value if ``every``, else of
+    the values flagged by bit 7 (near an edge), whose flag is cleared."""
+    k = lo.shape[0]
+    kf = np.float32(k)
+    kmax = np.float32(k - 1)
+    if every:
+        for i in range(tn):
+            g = _hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)
+            idx[i] = np.uint8(2 * g) + (idx[i] & np.uint8(1))
+        return
+    iw = idx.view(np.uint64)  # 8 slots at a time: flags are rare
+    for w in range((tn + 7) // 8):
+        if iw[w] & FLAGS8:
+            for i in range(8 * w, min(8 * w + 8, tn)):
+                if idx[i] & np.uint8(128):
+                    g = _hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)
+                    idx[i] = np.uint8(2 * g) + (idx[i] & np.uint8(1))
 
 
 @njit(cache=True, nogil=True)
@@ -668,7 +697,6 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
     k = lo.shape[0]
     k2 = 2 * k
     kf = np.float32(k)
-    kmax = np.float32(k - 1)
     pbyt, pw = source_bytes(p)
     ybyt, yw = source_bytes(y)
     nb = (n + block - 1) // block
@@ -721,18 +749,8 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
                         cp, cy, nonbin = exact_counts(pt, yv, tn)
                         bp += cp
                         by += cy
-                    if tau == 0:  # no bound on the guess: exact bins
-                        for i in range(tn):
-                            g = _hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)
-                            idx[i] = np.uint8(2 * g) + (idx[i] & np.uint8(1))
-                    elif near:  # values within tau of an inner edge (flagged by bit 7): exact
-                        iw = idx.view(np.uint64)  # 8 slots at a time: flags are rare
-                        for w in range((tn + 7) // 8):
-                            if iw[w] & FLAGS8:
-                                for i in range(8 * w, min(8 * w + 8, tn)):
-                                    if idx[i] & np.uint8(128):
-                                        g = _hard_idx(np.float32(pt[i]), kf, kmax, lo, hi)
-                                        idx[i] = np.uint8(2 * g) + (idx[i] & np.uint8(1))
+                    if tau == 0 or near:
+                        exact_slots(pt, idx, tn, lo, hi, tau == 0)
                     tq = (tn // LANES2) * LANES2
                     op = next_tile(p, b, c, t0, pk)
                     oy = next_tile(y, b, c, t0, yk)
