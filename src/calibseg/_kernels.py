@@ -24,10 +24,11 @@ summed at the end (no atomics, no shared writes).
 
 Hard binning gives indices equal to ``torch.bucketize`` on float32 values bit for bit. Up to
 ``NARROW_BINS`` bins, the bin is ``floor(p K)`` computed in loops over tiles of ``TILE``
-voxels; a tile holding a value close enough to an inner edge for the guess to be off is
-redone exactly (below). More bins use a branch-free bucketize per voxel: the guess
-corrected by ±1 with comparisons against the exact float32 edges. Units keep interleaved
-sub-histograms so that consecutive voxels in the same bin do not serialise on one slot.
+voxels; values close enough to an inner edge for the guess to be off are flagged and redone
+exactly, and targets are read as one-byte codes (:func:`_code`) whatever their dtype. More
+bins use a branch-free bucketize per voxel: the guess corrected by ±1 with comparisons against
+the exact float32 edges. Units keep interleaved sub-histograms so that consecutive voxels in the
+same bin do not serialise on one slot.
 """
 
 from __future__ import annotations
