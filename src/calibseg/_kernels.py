@@ -220,18 +220,20 @@ def source_bytes(src):
 
 @njit(inline="always")
 def ahead_step(data, o, width, i0):
-    """In a loop over values ``i0 = 0, LANES2, 2 LANES2 …`` of the current tile: prefetch the
-    next tile (element offset ``o``, ``width`` bytes per element) one cache line per line."""
-    if ((i0 * width) & 63) < LANES2 * width:
-        ahead(data, (o + i0) * width)
+    """In a loop over values ``i0 = 0, LANES2, 2 LANES2 …`` of the current tile: prefetch
+    element ``o + i0`` of the next tile (``width`` bytes per element; ``o`` from
+    :func:`ahead_start`, so in bounds). One prefetch per step, without a test: a line may be
+    asked for twice, which costs less than the branch that skipped it."""
+    _prefetch(data, (o + i0) * width)
 
 
 @njit(inline="always")
-def ahead(data, o):
-    """Prefetch byte ``o`` of ``data`` if it exists (used while a tile is being binned, so
-    that the next tile comes from cache instead of memory)."""
-    if o < data.shape[0]:
-        _prefetch(data, o)
+def ahead_start(data, width, o, tn):
+    """Element offset ``o`` of the next tile (:func:`next_tile`) moved back, if need be, so that
+    its ``tn`` elements lie inside ``data`` (bytes of ``width``-byte elements; the current tile
+    of ``tn`` elements does)."""
+    last = data.shape[0] // width - tn
+    return o if o < last else last
 
 
 @njit(inline="always")
@@ -532,17 +534,15 @@ def _hard_idx(v32, kf, kmax, lo, hi):
 @njit(inline="always")
 def _guess(v, kf, tau):
     """``(floor(v K) clamped to [0, K - 1], near)`` for float32 ``v`` (branch-free,
-    vectorisable); ``near`` when ``v K`` lies within ``tau`` of an inner edge index, where the
-    guess may differ from the bin. Subnormal ``v`` is taken as the smallest normal number (same
-    bin, without the slow multiply); NaN gives bin 0."""
+    vectorisable); ``near`` when ``v K`` lies within ``tau`` of an inner edge index
+    ``1 … K - 1`` (the nearest integer, by ``rint``), where the guess may differ from the bin.
+    Subnormal ``v`` is taken as the smallest normal number (same bin, without the slow
+    multiply); NaN gives bin 0."""
     x = (v if v > TINY else TINY) * kf
     x = x if x < kf else kf
     gi = np.int32(x)
-    fr = x - np.float32(gi)
-    half = np.float32(0.5)
-    near = ((fr < tau) & (x > half) & (x < kf - half)) | (
-        (fr > np.float32(1.0) - tau) & (x < kf - np.float32(1.0))
-    )
+    n = np.rint(x)
+    near = (np.abs(x - n) < tau) & (n >= np.float32(1.0)) & (n < kf)
     km1 = np.int32(kf - np.float32(1.0))
     return (gi if gi < km1 else km1), near
 
@@ -753,8 +753,8 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
                     if tau == 0 or near:
                         exact_slots(pt, idx, tn, lo, hi, tau == 0)
                     tq = (tn // LANES2) * LANES2
-                    op = next_tile(p, b, c, t0, pk)
-                    oy = next_tile(y, b, c, t0, yk)
+                    op = ahead_start(pbyt, pw, next_tile(p, b, c, t0, pk), tn)
+                    oy = ahead_start(ybyt, yw, next_tile(y, b, c, t0, yk), tn)
                     for i0 in range(0, tq, LANES2):
                         ahead_step(pbyt, op, pw, i0)
                         ahead_step(ybyt, oy, yw, i0)
@@ -942,8 +942,8 @@ def soft_hist_kernel(u0, u1, dims, p, y, inv_width, k, part_w, part_p, part_y, b
                         cp, cy, nonbin = exact_counts(pt, yt, tn)
                         bp += cp
                         by += cy
-                    op = next_tile(p, b, c, t0, pk)
-                    oy = next_tile(y, b, c, t0, yk)
+                    op = ahead_start(pbyt, pw, next_tile(p, b, c, t0, pk), tn)
+                    oy = ahead_start(ybyt, yw, next_tile(y, b, c, t0, yk), tn)
                     tq = (tn // LANES2) * LANES2
                     for i0 in range(0, tq, LANES2):
                         ahead_step(pbyt, op, pw, i0)
