@@ -292,32 +292,37 @@ def gather(src, o, tn, scratch):
 
 
 @njit(inline="always")
-def _rows(blk, rows, tn, nc, wide):
-    """``rows[c, i] = blk[i nc + c]`` for ``i < tn`` (with ``wide``, integers above 1 as 2);
-    ``nc`` a constant at each call site, so that the loop is vectorised as an interleaved
-    load."""
-    if wide:
-        for i in range(tn):
-            for c in range(nc):
-                v = blk[i * nc + c]
-                rows[c, i] = v if v <= 1 else 2
-    else:
-        for i in range(tn):
-            for c in range(nc):
-                rows[c, i] = blk[i * nc + c]
+def _as_stored(v, arg):
+    """The value itself (:func:`_rows` conversion)."""
+    return v
 
 
 @njit(inline="always")
-def _rows_small(blk, rows, tn, wide):
+def _two_above_one(v, arg):
+    """An integer value, above 1 read as 2 (:func:`_rows` conversion of wide integers)."""
+    return v if v <= 1 else 2
+
+
+@njit(inline="always")
+def _rows(blk, rows, tn, nc, conv, arg):
+    """``rows[c, i] = conv(blk[i nc + c], arg)`` for ``i < tn``; ``nc`` a constant at each call
+    site, so that the loop is vectorised as an interleaved load."""
+    for i in range(tn):
+        for c in range(nc):
+            rows[c, i] = conv(blk[i * nc + c], arg)
+
+
+@njit(inline="always")
+def _rows_small(blk, rows, tn, conv, arg):
     """:func:`_rows` for 2, 3 or 4 classes (each count its own vectorised loop: more would
     cost compile time for class counts rarely met; others are read class by class)."""
     nc = rows.shape[0]
     if nc == 2:
-        _rows(blk, rows, tn, 2, wide)
+        _rows(blk, rows, tn, 2, conv, arg)
     elif nc == 3:
-        _rows(blk, rows, tn, 3, wide)
+        _rows(blk, rows, tn, 3, conv, arg)
     else:
-        _rows(blk, rows, tn, 4, wide)
+        _rows(blk, rows, tn, 4, conv, arg)
 
 
 @njit(nogil=True)
@@ -334,14 +339,14 @@ def fill_rows(src, b, t0, tn, rows):
     o = b * sb + t0 * sn
     m = tn * nc
     if kind == DIRECT:
-        _rows_small(f[o : o + m], rows, tn, False)
+        _rows_small(f[o : o + m], rows, tn, _as_stored, 0)
     elif kind == WIDE:
         if width != 8:
             return False
-        _rows_small(u.view(np.uint64)[o : o + m], rows, tn, True)
+        _rows_small(u.view(np.uint64)[o : o + m], rows, tn, _two_above_one, 0)
     else:
         r16 = np.empty((nc, tn), np.uint16)
-        _rows_small(h[o : o + m], r16, tn, False)
+        _rows_small(h[o : o + m], r16, tn, _as_stored, 0)
         for c in range(nc):
             _widen(r16[c], 0, 1, tn, rows[c], kind == BFLOAT16)
     return True
@@ -423,26 +428,6 @@ def stage_codes(src, b, c, t0, tn, scratch):
     return scratch[:tn]
 
 
-@njit(inline="always")
-def _code_rows(blk, rows, tn, nc, one):
-    """``rows[c, i]`` = code of ``blk[i nc + c]`` (``nc`` constant per call site: vectorised)."""
-    for i in range(tn):
-        for c in range(nc):
-            rows[c, i] = _code(blk[i * nc + c], one)
-
-
-@njit(inline="always")
-def _code_rows_small(blk, rows, tn, one):
-    """:func:`_code_rows` for 2, 3 or 4 classes."""
-    nc = rows.shape[0]
-    if nc == 2:
-        _code_rows(blk, rows, tn, 2, one)
-    elif nc == 3:
-        _code_rows(blk, rows, tn, 3, one)
-    else:
-        _code_rows(blk, rows, tn, 4, one)
-
-
 @njit(nogil=True)
 def fill_code_rows(src, b, t0, tn, rows):
     """:func:`fill_rows` for targets: the codes (:func:`_code`, uint8 ``rows``) of channel-last
@@ -455,14 +440,14 @@ def fill_code_rows(src, b, t0, tn, rows):
     o = b * sb + t0 * sn
     m = tn * nc
     if kind == DIRECT:
-        _code_rows_small(bits(f[o : o + m]), rows, tn, one_bits(f))
+        _rows_small(bits(f[o : o + m]), rows, tn, _code, one_bits(f))
     elif kind == WIDE:
         if width != 8:
             return False
-        _code_rows_small(u.view(np.uint64)[o : o + m], rows, tn, np.uint64(1))
+        _rows_small(u.view(np.uint64)[o : o + m], rows, tn, _code, np.uint64(1))
     else:
         one16 = np.uint16(0x3C00) if kind == FLOAT16 else np.uint16(0x3F80)
-        _code_rows_small(h[o : o + m], rows, tn, one16)
+        _rows_small(h[o : o + m], rows, tn, _code, one16)
     return True
 
 
