@@ -325,6 +325,18 @@ def _rows_small(blk, rows, tn, conv, arg):
         _rows(blk, rows, tn, 4, conv, arg)
 
 
+@njit(inline="always")
+def _packed_start(src, b, t0, tn, rows):
+    """Element offset of ``[b, 0, t0]`` when a source is stored channel-last (class stride 1,
+    voxel stride = number of classes) with as many classes as ``rows`` (2 to 4) and ``tn``
+    fits in ``rows``; -1 otherwise (the source is then read class by class)."""
+    sb, sc, sn = src[-3], src[-2], src[-1]
+    nc = rows.shape[0]
+    if sc != 1 or sn != nc or nc < 2 or nc > 4 or tn > rows.shape[1]:
+        return -1
+    return b * sb + t0 * sn
+
+
 @njit(nogil=True)
 def fill_rows(src, b, t0, tn, rows):
     """Stage ``[b, :, t0 : t0 + tn]`` of a source stored channel-last (class stride 1, voxel
@@ -332,11 +344,11 @@ def fill_rows(src, b, t0, tn, rows):
     pass over its memory (an interleaved load, vectorised; half-precision patterns are moved
     as 16-bit integers, then widened row by row). False, nothing done, for any other layout or
     for 2- and 4-byte integers (those are read class by class by :func:`stage`)."""
-    f, h, u, kind, width, sb, sc, sn = src
+    f, h, u, kind, width = src[0], src[1], src[2], src[3], src[4]
     nc = rows.shape[0]
-    if sc != 1 or sn != nc or nc < 2 or nc > 4 or tn > rows.shape[1]:
+    o = _packed_start(src, b, t0, tn, rows)
+    if o < 0:
         return False
-    o = b * sb + t0 * sn
     m = tn * nc
     if kind == DIRECT:
         _rows_small(f[o : o + m], rows, tn, _as_stored, 0)
@@ -433,11 +445,11 @@ def fill_code_rows(src, b, t0, tn, rows):
     """:func:`fill_rows` for targets: the codes (:func:`_code`, uint8 ``rows``) of channel-last
     data of 2 to 4 classes in one pass over its memory; False, nothing done, for other layouts
     and 2- or 4-byte integers."""
-    f, h, u, kind, width, sb, sc, sn = src
+    f, h, u, kind, width = src[0], src[1], src[2], src[3], src[4]
     nc = rows.shape[0]
-    if sc != 1 or sn != nc or nc < 2 or nc > 4 or tn > rows.shape[1]:
+    o = _packed_start(src, b, t0, tn, rows)
+    if o < 0:
         return False
-    o = b * sb + t0 * sn
     m = tn * nc
     if kind == DIRECT:
         _rows_small(bits(f[o : o + m]), rows, tn, _code, one_bits(f))
