@@ -28,27 +28,32 @@ import torch
 import torch.nn.functional as F
 
 
-def _min_time(fn, repeats: int) -> float:
-    fn()  # warm-up (and kernel load)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
+def _interleaved_min(fns: list, rounds: int, clock=time.thread_time) -> list[tuple[float, float]]:
+    """(CPU, wall) seconds of the fastest call of each function, timed round-robin (every round
+    calls every function once, after one warm-up round): a burst of load from other tenants of
+    the machine then falls on all rows alike instead of on one row's repeats. ``clock``: CPU
+    time of the calling thread (one-thread runs: robust to other processes, and it does not
+    count idle worker threads spinning) or ``time.process_time`` (all threads)."""
+    for fn in fns:
         fn()
-        best = min(best, time.perf_counter() - t)
+    best = [(float("inf"), float("inf"))] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            c, w = clock(), time.perf_counter()
+            fn()
+            c, w = clock() - c, time.perf_counter() - w
+            best[i] = (min(best[i][0], c), min(best[i][1], w))
     return best
 
 
 def _min_cpu_time(fn, repeats: int) -> float:
-    """Min CPU time of the calling thread (``time.thread_time``) over ``repeats`` calls, for
-    one-thread runs: robust to other processes, and unlike the process's CPU time it does not
-    count idle worker threads of the process spinning while they wait for work."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.thread_time()
-        fn()
-        best = min(best, time.thread_time() - t)
-    return best
+    """Min CPU time of the calling thread over ``repeats`` calls of ``fn``."""
+    return _interleaved_min([fn], repeats)[0][0]
+
+
+def _min_time(fn, repeats: int) -> float:
+    """Min wall time over ``repeats`` calls of ``fn``."""
+    return _interleaved_min([fn], repeats)[0][1]
 
 
 def _inputs(shape) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,22 +118,6 @@ def layout_rows(shape) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     return rows
 
 
-def _interleaved_min(fns: list, rounds: int) -> list[tuple[float, float]]:
-    """(thread CPU, wall) seconds of the fastest call of each function, timed round-robin
-    (every round calls every function once, after one warm-up round): a burst of load from
-    other tenants of the machine then falls on all rows alike instead of on one row's repeats."""
-    for fn in fns:
-        fn()
-    best = [(float("inf"), float("inf"))] * len(fns)
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            c, w = time.thread_time(), time.perf_counter()
-            fn()
-            c, w = time.thread_time() - c, time.perf_counter() - w
-            best[i] = (min(best[i][0], c), min(best[i][1], w))
-    return best
-
-
 def bench_layouts(shape, repeats: int) -> None:
     """The layout/dtype table: one-thread CPU time and wall time, ratios measured here."""
     from monai.metrics.calibration import calibration_binning
@@ -182,17 +171,6 @@ def bench_layouts(shape, repeats: int) -> None:
     print("* MONAI rejects these targets; it was given float32 copies (not timed for it)")
 
 
-def _min_wall_and_cpu(fn, repeats: int) -> tuple[float, float]:
-    """(wall, process CPU) time of the fastest of ``repeats`` calls, after a warm-up."""
-    fn()
-    best = (float("inf"), float("inf"))
-    for _ in range(repeats):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        best = min(best, (time.perf_counter() - w, time.process_time() - c))
-    return best
-
-
 def bench_threads(shape, thread_list: list[int], repeats: int) -> None:
     """Wall time and total CPU time (all threads) of three rows for each thread count."""
     from calibseg import binning as B
@@ -210,7 +188,8 @@ def bench_threads(shape, thread_list: list[int], repeats: int) -> None:
             for t in thread_list:
                 torch.set_num_threads(t)
                 fn = lambda p=p, y=y: B.compute_bin_stats(p, y)  # noqa: E731
-                times.append(_min_wall_and_cpu(fn, 2 * repeats))
+                cpu, wall = _interleaved_min([fn], 2 * repeats, time.process_time)[0]
+                times.append((wall, cpu))
             cells = "".join(f"{w * 1e3:>11.1f} /{c * 1e3:>5.1f}" for w, c in times)
             print(f"{name:<40}{cells}{times[0][0] / times[-1][0]:>10.2f}")
     finally:

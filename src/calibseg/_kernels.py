@@ -237,23 +237,45 @@ def ahead_start(data, width, o, tn):
 
 
 @njit(inline="always")
+def _as_stored(v, arg):
+    """The value itself (a conversion for :func:`_strided` and :func:`_rows`)."""
+    return v
+
+
+@njit(inline="always")
+def _two_above_one(v, arg):
+    """An integer value, above 1 read as 2 (the conversion of wide integer targets)."""
+    return v if v <= 1 else 2
+
+
+@njit(inline="always")
+def _from_f16(v, arg):
+    """The float32 value of a float16 pattern (a conversion)."""
+    return f16_to_f32(v)
+
+
+@njit(inline="always")
+def _from_bf16(v, arg):
+    """The float32 value of a bfloat16 pattern (a conversion)."""
+    return bf16_to_f32(v)
+
+
+@njit(inline="always")
+def _strided(a, o, sn, tn, out, conv, arg):
+    """``out[i] = conv(a[o + i sn], arg)`` for ``i < tn`` (vectorised where ``sn`` is the
+    constant 1 at the call site)."""
+    for i in range(tn):
+        out[i] = conv(a[np.uintp(o + i * sn)], arg)
+
+
+@njit(inline="always")
 def _widen(h, o, sn, tn, out, bf):
     """``out[i]`` = the float32 value of the half-precision pattern ``h[o + i sn]`` for
     ``i < tn``: bfloat16 if ``bf``, else float16."""
     if bf:
-        for i in range(tn):
-            out[i] = bf16_to_f32(h[np.uintp(o + i * sn)])
+        _strided(h, o, sn, tn, out, _from_bf16, 0)
     else:
-        for i in range(tn):
-            out[i] = f16_to_f32(h[np.uintp(o + i * sn)])
-
-
-@njit(inline="always")
-def _stage_wide(a, o, sn, tn, scratch):
-    """Multi-byte integers ``a[o + i sn]``: the value if 0 or 1, else 2."""
-    for i in range(tn):
-        v = a[np.uintp(o + i * sn)]
-        scratch[i] = v if v <= 1 else 2
+        _strided(h, o, sn, tn, out, _from_f16, 0)
 
 
 @njit(inline="always")
@@ -276,31 +298,18 @@ def gather(src, o, tn, scratch):
     read as stored, half patterns widened by :func:`_widen`, multi-byte integers)."""
     f, h, u, kind, width, sb, sc, sn = src
     if kind == DIRECT:
-        for i in range(tn):
-            scratch[i] = f[np.uintp(o + i * sn)]
+        _strided(f, o, sn, tn, scratch, _as_stored, 0)
     elif kind != WIDE:
         if sn == 1:  # unit stride seen by the compiler: vectorised
             _widen(h[o : o + tn], 0, 1, tn, scratch, kind == BFLOAT16)
         else:
             _widen(h, o, sn, tn, scratch, kind == BFLOAT16)
     elif width == 2:
-        _stage_wide(u.view(np.uint16), o, sn, tn, scratch)
+        _strided(u.view(np.uint16), o, sn, tn, scratch, _two_above_one, 0)
     elif width == 4:
-        _stage_wide(u.view(np.uint32), o, sn, tn, scratch)
+        _strided(u.view(np.uint32), o, sn, tn, scratch, _two_above_one, 0)
     else:
-        _stage_wide(u.view(np.uint64), o, sn, tn, scratch)
-
-
-@njit(inline="always")
-def _as_stored(v, arg):
-    """The value itself (:func:`_rows` conversion)."""
-    return v
-
-
-@njit(inline="always")
-def _two_above_one(v, arg):
-    """An integer value, above 1 read as 2 (:func:`_rows` conversion of wide integers)."""
-    return v if v <= 1 else 2
+        _strided(u.view(np.uint64), o, sn, tn, scratch, _two_above_one, 0)
 
 
 @njit(inline="always")
@@ -341,8 +350,8 @@ def _packed_start(src, b, t0, tn, rows):
 def fill_rows(src, b, t0, tn, rows):
     """Stage ``[b, :, t0 : t0 + tn]`` of a source stored channel-last (class stride 1, voxel
     stride = number of classes, 2 to 4 classes, ``tn <= TILE``) into ``rows[:, :tn]`` in one
-    pass over its memory (an interleaved load, vectorised; half-precision patterns are moved
-    as 16-bit integers, then widened row by row). False, nothing done, for any other layout or
+    pass over its memory (an interleaved load, vectorised; half-precision patterns widened in
+    the same pass). False, nothing done, for any other layout or
     for 2- and 4-byte integers (those are read class by class by :func:`stage`)."""
     f, h, u, kind, width = src[0], src[1], src[2], src[3], src[4]
     nc = rows.shape[0]
@@ -356,11 +365,10 @@ def fill_rows(src, b, t0, tn, rows):
         if width != 8:
             return False
         _rows_small(u.view(np.uint64)[o : o + m], rows, tn, _two_above_one, 0)
+    elif kind == BFLOAT16:
+        _rows_small(h[o : o + m], rows, tn, _from_bf16, 0)
     else:
-        r16 = np.empty((nc, tn), np.uint16)
-        _rows_small(h[o : o + m], r16, tn, _as_stored, 0)
-        for c in range(nc):
-            _widen(r16[c], 0, 1, tn, rows[c], kind == BFLOAT16)
+        _rows_small(h[o : o + m], rows, tn, _from_f16, 0)
     return True
 
 
@@ -386,10 +394,13 @@ def _codes_of_impl(a, o, tn, scratch):
 def _float_codes(a, o, tn, scratch):
     """``scratch[:tn]`` = codes of the floats ``a[o : o + tn]`` (a call: the kernels inline
     only their hot loops, which keeps their compile time down)."""
-    ab = bits(a[o : o + tn])
-    one = one_bits(a)
-    for i in range(tn):
-        scratch[i] = _code(ab[i], one)
+    _strided(bits(a[o : o + tn]), 0, 1, tn, scratch, _code, one_bits(a))
+
+
+@njit(inline="always")
+def half_one(kind):
+    """The bit pattern of 1 in float16 or bfloat16 (``kind``)."""
+    return np.uint16(0x3C00) if kind == FLOAT16 else np.uint16(0x3F80)
 
 
 @njit(inline="always")
@@ -405,26 +416,15 @@ def gather_codes(src, o, tn, scratch):
     """``scratch[:tn]`` = the codes (:func:`_code`) of a source's values from element ``o``."""
     f, h, u, kind, width, sb, sc, sn = src
     if kind == DIRECT:
-        fb = bits(f)
-        one = one_bits(f)
-        for i in range(tn):
-            scratch[i] = _code(fb[np.uintp(o + i * sn)], one)
+        _strided(bits(f), o, sn, tn, scratch, _code, one_bits(f))
     elif kind != WIDE:
-        one16 = np.uint16(0x3C00) if kind == FLOAT16 else np.uint16(0x3F80)
-        for i in range(tn):
-            scratch[i] = _code(h[np.uintp(o + i * sn)], one16)
+        _strided(h, o, sn, tn, scratch, _code, half_one(kind))
     elif width == 2:
-        a2 = u.view(np.uint16)
-        for i in range(tn):
-            scratch[i] = _code(a2[np.uintp(o + i * sn)], np.uint16(1))
+        _strided(u.view(np.uint16), o, sn, tn, scratch, _code, np.uint16(1))
     elif width == 4:
-        a4 = u.view(np.uint32)
-        for i in range(tn):
-            scratch[i] = _code(a4[np.uintp(o + i * sn)], np.uint32(1))
+        _strided(u.view(np.uint32), o, sn, tn, scratch, _code, np.uint32(1))
     else:
-        a8 = u.view(np.uint64)
-        for i in range(tn):
-            scratch[i] = _code(a8[np.uintp(o + i * sn)], np.uint64(1))
+        _strided(u.view(np.uint64), o, sn, tn, scratch, _code, np.uint64(1))
 
 
 @njit(inline="always")
@@ -458,8 +458,7 @@ def fill_code_rows(src, b, t0, tn, rows):
             return False
         _rows_small(u.view(np.uint64)[o : o + m], rows, tn, _code, np.uint64(1))
     else:
-        one16 = np.uint16(0x3C00) if kind == FLOAT16 else np.uint16(0x3F80)
-        _rows_small(h[o : o + m], rows, tn, _code, one16)
+        _rows_small(h[o : o + m], rows, tn, _code, half_one(kind))
     return True
 
 
@@ -542,11 +541,6 @@ def _guess(v, kf, tau):
     near = (np.abs(x - n) < tau) & (n >= np.float32(1.0)) & (n < kf)
     km1 = np.int32(kf - np.float32(1.0))
     return (gi if gi < km1 else km1), near
-
-
-@njit(inline="always")
-def _out_of_unit(v):
-    return np.int64(v < 0) + np.int64(v > 1) + np.int64(v != v)
 
 
 def block_voxels(n_classes: int) -> int:
@@ -740,10 +734,7 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
                         idx[i] = np.uint8(g + g) + (yt[i] & np.uint8(1)) | nbit
                     nonbin = 0
                     if (mxp > onep) | (mxy > 1):  # exact counts, this tile
-                        if mxy > 1:
-                            target_values(y, b, c, t0, tn, yv)
-                        else:
-                            yv[:tn] = yt
+                        target_values(y, b, c, t0, tn, yv)
                         cp, cy, nonbin = exact_counts(pt, yv, tn)
                         bp += cp
                         by += cy

@@ -383,6 +383,36 @@ def _slabs(
         yield y_pred[:, :, s : s + step].contiguous(), y[:, :, s : s + step].contiguous()
 
 
+def _zero_sums(b: int, c: int, num_bins: int, soft: bool) -> tuple[torch.Tensor, ...]:
+    """Zeroed ``[B, C, K]`` weight (int64 counts, float64 soft weights), sum_p, sum_gt."""
+    w = torch.zeros(b, c, num_bins, dtype=torch.float64 if soft else torch.int64)
+    return w, torch.zeros(w.shape, dtype=torch.float64), torch.zeros(w.shape, dtype=torch.float64)
+
+
+def _kernel_pass(
+    kern: ModuleType,
+    dims: tuple,
+    p_src: tuple,
+    y_src: tuple,
+    num_bins: int,
+    right: bool,
+    soft: bool,
+    outs: tuple[torch.Tensor, ...],
+) -> tuple[int, int]:
+    """One fused binning pass of the sources ``p_src, y_src`` (shape ``dims``) adding into the
+    ``[B, C, K]`` tensors ``outs`` (:func:`_zero_sums`); the numbers of values of p and y
+    outside [0, 1] or NaN."""
+    span = _span(kern, dims, _strides(p_src), _strides(y_src))
+    arrays = tuple(t.numpy() for t in outs)
+    if soft:
+        args = (_inv_width(num_bins), num_bins, *arrays, span)
+        bp, by = kern.soft_hist(dims, p_src, y_src, *args)
+    else:
+        lo, hi = _kernel_edges(kern, num_bins, right)
+        bp, by = kern.hard_hist(dims, p_src, y_src, lo, hi, *arrays, span)
+    return int(bp), int(by)
+
+
 def _kernel_bin_stats(
     kern: ModuleType,
     y_pred: torch.Tensor,
@@ -398,11 +428,7 @@ def _kernel_bin_stats(
     cannot be merged into one axis (crops of a larger volume) are copied, in slabs of about
     ``chunk_size`` values.
     """
-    b, c = y_pred.shape[:2]
-    w = torch.zeros(b, c, num_bins, dtype=torch.float64 if soft else torch.int64)
-    sp = torch.zeros(b, c, num_bins, dtype=torch.float64)
-    sy = torch.zeros(b, c, num_bins, dtype=torch.float64)
-    wn, spn, syn = w.numpy(), sp.numpy(), sy.numpy()
+    outs = _zero_sums(*y_pred.shape[:2], num_bins, soft)
     ap, ay = _kernel_array(kern, y_pred), _kernel_array(kern, y)
     pieces = [(ap, ay)] if ap is not None and ay is not None else None
     if pieces is None:
@@ -412,17 +438,10 @@ def _kernel_bin_stats(
         )
     bad_p = bad_y = 0
     for (p_src, dims), (y_src, _) in pieces:
-        span = _span(kern, dims, _strides(p_src), _strides(y_src))
-        if soft:
-            args = (_inv_width(num_bins), num_bins, wn, spn, syn, span)
-            bp, by = kern.soft_hist(dims, p_src, y_src, *args)
-        else:
-            lo, hi = _kernel_edges(kern, num_bins, right)
-            args = (lo, hi, wn, spn, syn, span)
-            bp, by = kern.hard_hist(dims, p_src, y_src, *args)
-        bad_p += int(bp)
-        bad_y += int(by)
-    return BinStats(w, sp, sy), bad_p, bad_y
+        bp, by = _kernel_pass(kern, dims, p_src, y_src, num_bins, right, soft, outs)
+        bad_p += bp
+        bad_y += by
+    return BinStats(*outs), bad_p, bad_y
 
 
 class _BinnedSums(torch.autograd.Function):
@@ -435,23 +454,13 @@ class _BinnedSums(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p, y, num_bins, right, soft, check_range=False):  # type: ignore[override]
         kern = _kernels()
-        b, c = p.shape[:2]
         ap, ay = _kernel_array(kern, p), _kernel_array(kern, y)
         if ap is None or ay is None:
             p, y = p.contiguous(), y.contiguous()
             ap, ay = _kernel_array(kern, p), _kernel_array(kern, y)
         (p_src, dims), (y_src, _) = ap, ay
-        w = torch.zeros(b, c, num_bins, dtype=torch.float64 if soft else torch.int64)
-        sp = torch.zeros(b, c, num_bins, dtype=torch.float64)
-        sy = torch.zeros(b, c, num_bins, dtype=torch.float64)
-        span = _span(kern, dims, _strides(p_src), _strides(y_src))
-        outs = (w.numpy(), sp.numpy(), sy.numpy(), span)
-        if soft:
-            args = (_inv_width(num_bins), num_bins)
-            bad = kern.soft_hist(dims, p_src, y_src, *args, *outs)
-        else:
-            lo, hi = _kernel_edges(kern, num_bins, right)
-            bad = kern.hard_hist(dims, p_src, y_src, lo, hi, *outs)
+        outs = _zero_sums(*p.shape[:2], num_bins, soft)
+        bad = _kernel_pass(kern, dims, p_src, y_src, num_bins, right, soft, outs)
         if check_range and any(bad):
             raise ValueError(
                 f"y_pred and y must lie in [0, 1] and contain no NaN; {bad[0]} values of y_pred "
@@ -459,7 +468,7 @@ class _BinnedSums(torch.autograd.Function):
             )
         ctx.save_for_backward(p, y)
         ctx.conf = (num_bins, right, soft)
-        out = tuple(t.to(p.dtype) for t in (w, sp, sy))
+        out = tuple(t.to(p.dtype) for t in outs)
         if not soft:  # hard counts have no gradient, nor hard target sums unless y needs one
             ctx.mark_non_differentiable(*out[:1], *out[2:] if not ctx.needs_input_grad[1] else ())
         return out
@@ -492,9 +501,11 @@ class _BinnedSums(torch.autograd.Function):
         gp, gp_dst = grad_like(p)
         gy, gy_dst = grad_like(y) if want_y else (None, kern.no_dest(gp_dst[0].dtype))
         p_src, dims = _kernel_array(kern, p)
-        y_src = _kernel_array(kern, y)[0] if soft else None
         strides = [_strides(p_src), gp_dst[-3:]] + ([gy_dst[-3:]] if want_y else [])
-        span = _span(kern, dims, *strides, *([_strides(y_src)] if soft else []))
+        if soft:  # the soft backward reads y as well
+            y_src = _kernel_array(kern, y)[0]
+            strides.append(_strides(y_src))
+        span = _span(kern, dims, *strides)
         if soft:
             tables = (table(g_w), table(g_sp), table(g_sy))
             args = (_inv_width(num_bins), num_bins, *tables, gp_dst, gy_dst, want_y, span)
