@@ -6,12 +6,12 @@ field scaled so that most voxels are near 0 or 1) with one-hot targets built as 
 dtype, and predictions stored channel-last or in half precision; uniform random data is one row.
 Every row gives the one-thread CPU time of ``calibseg.binning.compute_bin_stats`` (the stable
 figure on a shared machine: ``time.thread_time`` of the calling thread) beside its wall time,
-MONAI 1.6.1's
-``calibration_binning`` on the same tensors, and the ratios to MONAI and to the contiguous
-float32 row, all measured in this one run (min over repeats; our rows are timed round-robin, so
-that a burst of load from other tenants falls on all of them alike). Counts are checked against
-MONAI's on every row before timing. Then wall-time scaling over ``--threads``, and the cold
-start (``calibseg --help``; first kernel call in a fresh process).
+MONAI 1.6.1's ``calibration_binning`` on the same tensors, and the ratios to MONAI and to the
+contiguous float32 row, all measured in this one run (min over repeats; our rows and MONAI's
+are timed round-robin, so that a burst of load from other tenants falls on all of them alike).
+Counts are checked against MONAI's on every row before timing. Then wall-time scaling over
+``--threads`` (thread counts alternating), and the cold start (``calibseg --help``; first
+kernel call in a fresh process).
 
 Usage: python benchmarks/bench_binning.py [--quick] [--repeats 5] [--threads 1,2] [--memory]
 """
@@ -28,27 +28,34 @@ import torch
 import torch.nn.functional as F
 
 
-def _interleaved_min(fns: list, rounds: int, clock=time.thread_time) -> list[tuple[float, float]]:
+def _interleaved_min(
+    fns: list, rounds: int, clock=time.thread_time, every: list[int] | None = None, prepare=None
+) -> list[tuple[float, float]]:
     """(CPU, wall) seconds of the fastest call of each function, timed round-robin (every round
     calls every function once, after one warm-up round): a burst of load from other tenants of
     the machine then falls on all rows alike instead of on one row's repeats. ``clock``: CPU
     time of the calling thread (one-thread runs: robust to other processes, and it does not
-    count idle worker threads spinning) or ``time.process_time`` (all threads)."""
-    for fn in fns:
+    count idle worker threads spinning) or ``time.process_time`` (all threads). ``every[i]``:
+    call function ``i`` only in every ``every[i]``-th round (slow references); ``prepare[i]``:
+    called untimed just before function ``i`` (e.g. to set the thread count)."""
+    every = every or [1] * len(fns)
+    prepare = prepare or [None] * len(fns)
+    for pre, fn in zip(prepare, fns, strict=True):
+        if pre is not None:
+            pre()
         fn()
     best = [(float("inf"), float("inf"))] * len(fns)
-    for _ in range(rounds):
+    for r in range(rounds):
         for i, fn in enumerate(fns):
+            if r % every[i]:
+                continue
+            if prepare[i] is not None:
+                prepare[i]()
             c, w = clock(), time.perf_counter()
             fn()
             c, w = clock() - c, time.perf_counter() - w
             best[i] = (min(best[i][0], c), min(best[i][1], w))
     return best
-
-
-def _min_cpu_time(fn, repeats: int) -> float:
-    """Min CPU time of the calling thread over ``repeats`` calls of ``fn``."""
-    return _interleaved_min([fn], repeats)[0][0]
 
 
 def _min_time(fn, repeats: int) -> float:
@@ -152,16 +159,18 @@ def bench_layouts(shape, repeats: int) -> None:
                 raise SystemExit(f"counts differ from MONAI for {name}")
             monai_args.append((p, my))
             marks.append(mark)
+        # ours and MONAI in one round-robin (MONAI every 4th round: it is 10-30x slower), so
+        # that both minima come from the same stretch of time on a shared machine
         fns = [lambda p=p, y=y: B.compute_bin_stats(p, y) for _, p, y in rows]
-        times = _interleaved_min(fns, 4 * repeats)
+        fns += [lambda p=p, my=my: calibration_binning(p, my) for p, my in monai_args]
+        every = [1] * len(rows) + [4] * len(rows)
+        times = _interleaved_min(fns, 4 * repeats, every=every)
+        ours_t, monai_t = times[: len(rows)], times[len(rows) :]
         print(head)
-        base = times[0][0]
-        for (name, _, _), (cpu, wall), (p, my), mark in zip(
-            rows, times, monai_args, marks, strict=True
+        base = ours_t[0][0]
+        for (name, _, _), (cpu, wall), (monai, _), mark in zip(
+            rows, ours_t, monai_t, marks, strict=True
         ):
-            monai = _min_cpu_time(
-                lambda p=p, my=my: calibration_binning(p, my), max(2, repeats // 2)
-            )
             print(
                 f"{name:<40}{cpu * 1e3:>7.1f}{wall * 1e3:>7.1f}{monai * 1e3:>9.0f}{mark:1}"
                 f"{monai / cpu:>11.1f}{cpu / base:>9.2f}"
@@ -184,12 +193,11 @@ def bench_threads(shape, thread_list: list[int], repeats: int) -> None:
     saved = torch.get_num_threads()
     try:
         for name, p, y in picks:
-            times = []
-            for t in thread_list:
-                torch.set_num_threads(t)
-                fn = lambda p=p, y=y: B.compute_bin_stats(p, y)  # noqa: E731
-                cpu, wall = _interleaved_min([fn], 2 * repeats, time.process_time)[0]
-                times.append((wall, cpu))
+            # thread counts alternate within each round (the same load falls on each)
+            fns = [lambda p=p, y=y: B.compute_bin_stats(p, y)] * len(thread_list)
+            prepare = [lambda t=t: torch.set_num_threads(t) for t in thread_list]
+            best = _interleaved_min(fns, 2 * repeats, time.process_time, prepare=prepare)
+            times = [(wall, cpu) for cpu, wall in best]
             cells = "".join(f"{w * 1e3:>11.1f} /{c * 1e3:>5.1f}" for w, c in times)
             print(f"{name:<40}{cells}{times[0][0] / times[-1][0]:>10.2f}")
     finally:
