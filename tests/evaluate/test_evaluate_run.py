@@ -174,6 +174,41 @@ def test_kits_regions_perfect_prediction(fake, no_figures, tmp_path):
         assert c["dice"]["mean"] == 1.0 and c["micro"]["ece"] == 0.0
 
 
+def _brats_raw_labels(n: int) -> list[np.ndarray]:
+    """BraTS-style raw labels: 0 background, 1 NCR, 2 ED, 4 ET (no 3), as in the dataset files."""
+    labels = []
+    for i in range(n):
+        lab = np.zeros((10, 9, 8), np.uint8)
+        lab[2:8, 2:7, 2:6] = 2  # oedema around the core
+        lab[3:6, 3:6, 3:5] = 1  # necrotic core
+        lab[6 : 7 + i, 4:6, 3:5] = 4  # enhancing tumour, raw label 4
+        labels.append(lab)
+    return labels
+
+
+def test_brats_raw_label_4_is_mapped_to_class_3_as_in_training(fake, no_figures, tmp_path):
+    labels = _brats_raw_labels(2)
+    names = ["background", "necrotic tumour core", "peritumoral oedema", "enhancing tumour"]
+    # the model's channels are the training classes: raw 4 is class 3
+    probs = [fake.one_hot_last(np.where(lab == 4, 3, lab), 4) for lab in labels]
+    bundle = fake.make_run(tmp_path, labels, probs, names, dataset="brats21")
+    s = evaluate_run(bundle, progress=False)
+    for name in names:
+        c = s["classes"][name]
+        assert c["dice"]["mean"] == 1.0 and c["micro"]["ece"] == 0.0
+    stats, _, _ = load_bin_stats(os.path.join(s["output_dir"], "bin_stats.npz"))
+    et = [int((lab == 4).sum()) for lab in labels]  # counted on the raw files
+    assert stats.sum_gt[:, 3].sum(-1).tolist() == et
+    # region evaluation reads the same mapped labels: ET region = raw 4, WT = raw 1, 2, 4
+    r = evaluate_run(bundle, regions=True, progress=False)
+    for c in r["classes"].values():
+        assert c["dice"]["mean"] == 1.0 and c["micro"]["ece"] == 0.0
+    # a dataset without a map keeps refusing values outside its classes, in one line
+    other = fake.make_run(tmp_path / "other", labels, probs, names, dataset="synthetic")
+    with pytest.raises(ValueError, match=r"label values must be in \[0, 3\], got \[0, 4\]"):
+        evaluate_run(other, progress=False)
+
+
 def test_cli_prints_table_and_rejects_seed_with_run(fake, no_figures, tmp_path, monkeypatch):
     from calibseg.cli import common
 

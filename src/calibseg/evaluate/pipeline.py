@@ -20,7 +20,7 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -29,6 +29,7 @@ import numpy as np
 from calibseg import storage
 from calibseg.binning import check_num_bins
 from calibseg.bundles import splits_at_run_time
+from calibseg.data import get_dataset, list_datasets
 from calibseg.distributed import map_cases, resolve_mode
 from calibseg.ensemble.io import load_nifti
 
@@ -75,6 +76,7 @@ def evaluate_case(
     num_classes: int,
     num_bins: int = 20,
     regions: str | None = None,
+    label_map: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
     """Evaluate one case.
 
@@ -84,6 +86,8 @@ def evaluate_case(
         num_bins: calibration bins K.
         regions: ``"kits23"`` / ``"brats21"`` to evaluate hierarchical region channels
             instead of classes (then C = number of regions = 4).
+        label_map: raw label value → class index, applied to the label file before anything
+            else (a dataset's map, e.g. BraTS's ``{4: 3}``, as its training pipeline applies it).
 
     Returns:
         ``{"case", "weight" [C, K] int64, "sum_p" [C, K] float64, "sum_gt" [C, K] float64,
@@ -104,6 +108,11 @@ def evaluate_case(
     label, _, spacing = load_nifti(task["label"])
     prob = load_nifti(task["prob"])[0]
     label = np.squeeze(label)
+    if label_map:  # MONAI's MapLabelValue, as the dataset's training pipeline applies it
+        from monai.transforms import MapLabelValue
+
+        orig, target = zip(*sorted(label_map.items()), strict=True)
+        label = MapLabelValue(list(orig), list(target), dtype=np.float64)(label)
     if prob.ndim != label.ndim + 1:
         raise ValueError(
             f"case {case}: probabilities must be channel-last [x, y, z, C] over the label grid "
@@ -121,8 +130,9 @@ def evaluate_case(
         )
     lab = torch.from_numpy(np.rint(label).astype(np.int64))
     if int(lab.min()) < 0 or int(lab.max()) >= num_classes:
+        mapped = f" after the label map {dict(label_map)}" if label_map else ""
         raise ValueError(
-            f"case {case}: label values must be in [0, {num_classes - 1}], "
+            f"case {case}: label values must be in [0, {num_classes - 1}]{mapped}, "
             f"got [{int(lab.min())}, {int(lab.max())}]."
         )
     prob = prob.astype(np.float32, copy=False)
@@ -244,6 +254,13 @@ def _finish_output(stage: str, out: str, summary: dict[str, Any]) -> None:
         raise
 
 
+def dataset_label_map(dataset: str) -> dict[int, int] | None:
+    """The label map of a registered dataset (raw value → class index), None for other names."""
+    if dataset.lower() not in list_datasets():
+        return None
+    return get_dataset(dataset).label_map
+
+
 def _read_bundle(bundle: str, data_root: str | None = None) -> tuple[list[dict], list[str], str]:
     import yaml
 
@@ -338,7 +355,8 @@ def evaluate_run(
     folder if that one already has results. Any path may be an ``s3://`` URL.
 
     The labels are read under ``data_root`` (default: ``$CALIBSEG_DATA_<NAME>`` or the root the
-    bundle was created with; see :func:`calibseg.bundles.resolve_data_root`).
+    bundle was created with; see :func:`calibseg.bundles.resolve_data_root`), with the dataset's
+    label map applied (BraTS: 4 → 3) as in training.
 
     Returns the summary dict (also with ``"output_dir"``).
     """
@@ -358,6 +376,7 @@ def evaluate_run(
         scheduler=scheduler,
         workers=workers,
         progress=progress,
+        label_map=dataset_label_map(dataset),
         source={"bundle": storage.redact(bundle), "run": run_name, "dataset": dataset},
         missing_hint=f"run `calibseg predict {storage.redact(bundle)} {_run_option(run_name)}` first",
     )
@@ -376,6 +395,7 @@ def evaluate_predictions(
     progress: bool = True,
     source: dict[str, Any] | None = None,
     missing_hint: str = "predict them first",
+    label_map: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a folder of predictions ``<pred_dir>/<case>_prob.nii.gz`` (channel-last
     ``[x, y, z, C]`` on each label's grid) against ``items`` (``{"case", "label"}``).
@@ -383,7 +403,7 @@ def evaluate_predictions(
     ``class_names``: the model's C classes, background first; ``regions``: ``"kits23"`` /
     ``"brats21"`` to evaluate region channels instead. Writes the files of
     :func:`evaluate_run` into ``out_dir`` or the next free ``…_2``, ``…_3`` folder; ``source``
-    (e.g. bundle, run, dataset) leads the summary. Returns the summary dict (also with
+    (e.g. bundle, run, dataset) leads the summary; ``label_map``: see :func:`evaluate_case`. Returns the summary dict (also with
     ``"output_dir"``). Raises FileNotFoundError naming the first case without a prediction
     (with ``missing_hint``), ValueError for an item without ``case``/``label``.
     """
@@ -413,7 +433,13 @@ def evaluate_predictions(
     names = list(class_names)
     if regions is not None:
         names = _region_transforms(regions)[2]
-    fn = partial(evaluate_case, num_classes=len(class_names), num_bins=num_bins, regions=regions)
+    fn = partial(
+        evaluate_case,
+        num_classes=len(class_names),
+        num_bins=num_bins,
+        regions=regions,
+        label_map=label_map,
+    )
     results = map_cases(
         fn, tasks, scheduler=scheduler, workers=workers, progress=progress, description="evaluate"
     )
