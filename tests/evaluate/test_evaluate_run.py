@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -252,3 +253,22 @@ def test_bundle_and_outputs_on_s3(fake, tmp_path, s3_bucket):
         "dataset_reliability_diagram.png",
     }
     assert "testing-secret-value" not in storage.read_text(f"{s['output_dir']}/summary.json")
+
+
+def test_study_temperature_fit_reads_labels_through_the_map(fake, tmp_path):
+    """The study's temperature fit reads the raw label files too: with BraTS's map, correct but
+    under-confident predictions (0.7 on the true class) are sharpened (T < 1)."""
+    from calibseg.evaluate.study import _temperature_run
+
+    labels = _brats_raw_labels(2)
+    classes = [np.where(lab == 4, 3, lab) for lab in labels]
+    probs = [0.1 + 0.6 * fake.one_hot_last(c, 4) for c in classes]  # rows sum to 1
+    names = ["background", "necrotic tumour core", "peritumoral oedema", "enhancing tumour"]
+    bundle = fake.make_run(tmp_path, labels, probs, names, dataset="brats21")
+    with open(os.path.join(bundle, "splits.json")) as f:
+        items = json.load(f)["test"]
+    splits = {"validation": items, "test": items}
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\], got \[0, 4\]"):
+        _temperature_run(bundle, "seed_0", splits, "scalar")  # raw 4 is not a class
+    fit = _temperature_run(bundle, "seed_0", splits, "scalar", {4: 3})
+    assert fit["temperature"] < 1.0 and fit["val_nll_after"] < fit["val_nll_before"]

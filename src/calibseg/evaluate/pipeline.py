@@ -105,14 +105,8 @@ def evaluate_case(
     from calibseg.metrics.surface_distance import compute_hausdorff_distance  # MONAI's values
 
     case = str(task["case"])
-    label, _, spacing = load_nifti(task["label"])
+    label, spacing = read_label(task["label"], label_map)
     prob = load_nifti(task["prob"])[0]
-    label = np.squeeze(label)
-    if label_map:  # MONAI's MapLabelValue, as the dataset's training pipeline applies it
-        from monai.transforms import MapLabelValue
-
-        orig, target = zip(*sorted(label_map.items()), strict=True)
-        label = MapLabelValue(list(orig), list(target), dtype=np.float64)(label)
     if prob.ndim != label.ndim + 1:
         raise ValueError(
             f"case {case}: probabilities must be channel-last [x, y, z, C] over the label grid "
@@ -252,6 +246,20 @@ def _finish_output(stage: str, out: str, summary: dict[str, Any]) -> None:
     except BaseException as e:
         _abort_output(stage, out, e)
         raise
+
+
+def read_label(path: str, label_map: Mapping[int, int] | None = None) -> tuple[np.ndarray, tuple]:
+    """``(label volume, voxel spacing)`` of a label file (path or URL; singleton axes dropped)
+    with ``label_map`` (raw value → class index) applied by MONAI's ``MapLabelValue``, as the
+    dataset's training pipeline applies it."""
+    label, _, spacing = load_nifti(path)
+    label = np.squeeze(label)
+    if label_map:
+        from monai.transforms import MapLabelValue
+
+        orig, target = zip(*sorted(label_map.items()), strict=True)
+        label = MapLabelValue(list(orig), list(target), dtype=np.float64)(label)
+    return label, spacing
 
 
 def dataset_label_map(dataset: str) -> dict[int, int] | None:

@@ -40,7 +40,12 @@ from calibseg.bundles import create_bundle, read_splits, splits_at_run_time
 from calibseg.data import get_dataset
 from calibseg.distributed import map_cases
 from calibseg.ensemble.io import load_nifti
-from calibseg.evaluate.pipeline import evaluate_predictions, evaluate_run
+from calibseg.evaluate.pipeline import (
+    dataset_label_map,
+    evaluate_predictions,
+    evaluate_run,
+    read_label,
+)
 from calibseg.nnunet import INSTALL_HINT
 from calibseg.nnunet import LOSSES as NNUNET_TRAINER_LOSSES
 from calibseg.nnunet import study_losses as nnunet_losses
@@ -156,12 +161,13 @@ def _micro(eval_dir: str) -> dict[str, float]:
     return out
 
 
-def _load_prob_label(prob_path: str, label_path: str):
-    """(probabilities [1, C, *sp] float32 tensor, labels [1, 1, *sp] int64 tensor)."""
+def _load_prob_label(prob_path: str, label_path: str, label_map=None):
+    """(probabilities [1, C, *sp] float32 tensor, labels [1, 1, *sp] int64 tensor; the
+    dataset's ``label_map`` applied)."""
     import torch
 
     p = load_nifti(prob_path)[0].astype(np.float32, copy=False)
-    y = np.rint(np.squeeze(load_nifti(label_path)[0])).astype(np.int64)
+    y = np.rint(read_label(label_path, label_map)[0]).astype(np.int64)
     if p.shape[:-1] != y.shape:
         raise ValueError(
             f"{storage.redact(prob_path)} has grid {p.shape[:-1]}, its label {y.shape}."
@@ -171,11 +177,12 @@ def _load_prob_label(prob_path: str, label_path: str):
 
 
 def _temperature_run(
-    run_root: str, run_name: str, splits: dict[str, list[dict]], mode: str
+    run_root: str, run_name: str, splits: dict[str, list[dict]], mode: str, label_map=None
 ) -> dict[str, Any]:
     """Fit the temperature on the validation predictions of ``<run_root>/<run_name>``; write
     temperature-scaled test predictions into ``<run_root>/<run_name>_temperature/predictions``;
-    return the fit. ``splits``: the study's items with label paths of this run."""
+    return the fit. ``splits``: the study's items with label paths of this run; ``label_map``:
+    the dataset's (raw label value → class index)."""
     import nibabel as nib
     import torch
 
@@ -184,7 +191,8 @@ def _temperature_run(
     pred = storage.join(run_root, run_name, "predictions")
     probs, labels = [], []
     for it in splits["validation"]:
-        p, y = _load_prob_label(storage.join(pred, f"{it['case']}_prob.nii.gz"), it["label"])
+        prob_path = storage.join(pred, f"{it['case']}_prob.nii.gz")
+        p, y = _load_prob_label(prob_path, it["label"], label_map)
         probs.append(p.movedim(1, -1).reshape(-1, p.shape[1]))
         labels.append(y.reshape(-1))
     if not probs:
@@ -236,6 +244,7 @@ def _evaluated(task: dict[str, Any], run_name: str, test_items: list[dict]) -> s
             num_bins=int(task["num_bins"]),
             progress=False,
             source={"run": storage.redact(run), "loss": task["loss"]},
+            label_map=task.get("label_map"),
         )
     return eval_dir
 
@@ -299,7 +308,9 @@ def _run_one(task: dict[str, Any]) -> dict[str, Any]:
         if storage.exists(fit_path):
             fit = storage.read_json(fit_path)
         else:
-            fit = _temperature_run(task["run_root"], run_name, splits, task["temperature"])
+            fit = _temperature_run(
+                task["run_root"], run_name, splits, task["temperature"], task.get("label_map")
+            )
         variants.append(("temperature", ts_name))
     rows: list[dict[str, Any]] = []
     figures = {}
@@ -416,6 +427,7 @@ def run_study(
         "temperature": s.temperature,
         "num_bins": int(s.num_bins),
         "threads": s.threads_per_run,
+        "label_map": dataset_label_map(s.data),  # raw label files are read with it
     }
     nn_root = storage.join(out, "nnunet")
     class_names: list[str] = []
