@@ -411,9 +411,10 @@ def evaluate_predictions(
     ``class_names``: the model's C classes, background first; ``regions``: ``"kits23"`` /
     ``"brats21"`` to evaluate region channels instead. Writes the files of
     :func:`evaluate_run` into ``out_dir`` or the next free ``…_2``, ``…_3`` folder; ``source``
-    (e.g. bundle, run, dataset) leads the summary; ``label_map``: see :func:`evaluate_case`. Returns the summary dict (also with
-    ``"output_dir"``). Raises FileNotFoundError naming the first case without a prediction
-    (with ``missing_hint``), ValueError for an item without ``case``/``label``.
+    (e.g. bundle, run, dataset) leads the summary; ``label_map``: see :func:`evaluate_case`.
+    Returns the summary dict (also with ``"output_dir"``). Raises FileNotFoundError naming the
+    first case without a prediction (with ``missing_hint``), ValueError for an item without
+    ``case``/``label``.
     """
     check_num_bins(num_bins)
     tasks = []
