@@ -465,26 +465,10 @@ def fill_code_rows(src, b, t0, tn, rows):
 @njit(nogil=True)
 def target_values(src, b, c, t0, tn, out):
     """``out[:tn]`` = the targets ``[b, c, t0 : t0 + tn]`` as float64 (multi-byte integers
-    above 1 as 2), read from the source itself: for a tile whose checks failed."""
-    f, h, u, kind, width, sb, sc, sn = src
-    o = b * sb + c * sc + t0 * sn
-    for i in range(tn):
-        j = np.uintp(o + i * sn)
-        if kind == DIRECT:
-            v = np.float64(f[j])
-        elif kind == FLOAT16:
-            v = np.float64(f16_to_f32(h[j]))
-        elif kind == BFLOAT16:
-            v = np.float64(bf16_to_f32(h[j]))
-        else:
-            if width == 2:
-                w = np.uint64(u.view(np.uint16)[j])
-            elif width == 4:
-                w = np.uint64(u.view(np.uint32)[j])
-            else:
-                w = u.view(np.uint64)[j]
-            v = np.float64(w) if w <= 1 else 2.0
-        out[i] = v
+    above 1 as 2), read from the source itself by :func:`gather`: for a tile whose checks
+    failed."""
+    sb, sc, sn = src[-3], src[-2], src[-1]
+    gather(src, b * sb + c * sc + t0 * sn, tn, out)
 
 
 @njit(inline="always")
