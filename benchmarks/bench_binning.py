@@ -148,8 +148,10 @@ def bench_layouts(shape, repeats: int) -> None:
     print(
         "stable on a shared machine) and wall time, ms; min over repeats, rows timed round-robin;"
     )
+    every_monai = 4  # MONAI is 10-30x slower: timed in every 4th round only
     print(
-        f"counts == MONAI's; MONAI timed in every 4th round (min of {repeats}); MONAI/ours compares"
+        f"counts == MONAI's; MONAI timed in every {every_monai}th round (min of {repeats}); "
+        "MONAI/ours compares"
     )
     print("it with our min over those same rounds, /contig uses all rounds")
     head = f"{'input':<40}{'CPU':>7}{'wall':>7}{'MONAI CPU':>10}{'MONAI/ours':>11}{'/contig':>9}"
@@ -171,21 +173,19 @@ def bench_layouts(shape, repeats: int) -> None:
                 raise SystemExit(f"counts differ from MONAI for {name}")
             monai_args.append((p, my))
             marks.append(mark)
-        # ours and MONAI in one round-robin (MONAI every 4th round: it is 10-30x slower), so
-        # that both minima come from the same stretch of time on a shared machine; the ratio
-        # to MONAI takes our minimum over the rounds MONAI ran in (a minimum over more samples
-        # is lower: comparing 4x more of ours would favour us)
+        # ours and MONAI in one round-robin, so that both minima come from the same stretch of
+        # time on a shared machine; the ratio to MONAI takes our minimum over the rounds MONAI
+        # ran in (a minimum over more samples is lower: comparing more of ours would favour us)
         fns = [lambda p=p, y=y: B.compute_bin_stats(p, y) for _, p, y in rows]
         fns += [lambda p=p, my=my: calibration_binning(p, my) for p, my in monai_args]
-        every = [1] * len(rows) + [4] * len(rows)
-        samples = _interleaved_times(fns, 4 * repeats, every=every)
+        every = [1] * len(rows) + [every_monai] * len(rows)
+        samples = _interleaved_times(fns, every_monai * repeats, every=every)
         ours_s, monai_s = samples[: len(rows)], samples[len(rows) :]
-        shared = set(range(0, 4 * repeats, 4))
         print(head)
         base = _fastest(ours_s[0])[0]
         for (name, _, _), ours, monai, mark in zip(rows, ours_s, monai_s, marks, strict=True):
             cpu, wall = _fastest(ours)
-            paired = _fastest(ours, shared)[0]
+            paired = _fastest(ours, {r for r, t in enumerate(monai) if t is not None})[0]
             m_cpu = _fastest(monai)[0]
             print(
                 f"{name:<40}{cpu * 1e3:>7.1f}{wall * 1e3:>7.1f}{m_cpu * 1e3:>9.0f}{mark:1}"

@@ -495,7 +495,6 @@ def target_values(src, b, c, t0, tn, out):
     """``out[:tn]`` = the targets ``[b, c, t0 : t0 + tn]`` as float64 (multi-byte integers
     above 1 as 2), read from the source itself by :func:`gather`: for a tile whose checks
     failed."""
-    wide_vectors()
     sb, sc, sn = src[-3], src[-2], src[-1]
     gather(src, b * sb + c * sc + t0 * sn, tn, out)
 
