@@ -176,8 +176,9 @@ _WIDE = '"prefer-vector-width"="512"'
 def wide_vectors(typingctx):
     """Let LLVM vectorise the calling function with 512-bit registers where the CPU has them
     (AVX-512; no effect elsewhere). The loops compute the same values at any width (no
-    reassociation). Measured on one AVX-512 machine (Emerald Rapids): kernels 1.10-1.20x
-    faster, identical sums (docs/benchmarks.md)."""
+    reassociation). Measured on one AVX-512 machine (Emerald Rapids): hard binning 1.12-1.17x
+    faster on most inputs (1.03-1.04x with channel-last predictions), soft 1.02-1.13x, identical
+    sums (docs/benchmarks.md)."""
 
     def codegen(context, builder, signature, args):
         attrs = builder.function.attributes
