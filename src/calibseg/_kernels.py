@@ -54,7 +54,7 @@ from numba.extending import intrinsic, overload  # noqa: E402
 
 LANES = 4
 LANES2 = 8  # sub-histograms of the narrow hard kernel (breaks same-bin update chains)
-TILE = 4096  # voxels of one class handled at once (bins, codes, staging): 1-4 % faster than
+TILE = 4096  # voxels of one class handled at once (bins, codes, staging): 1-7 % faster than
 # 2048 on every layout row (fewer tiles: less fixed cost per tile; 2048 beat 512 and 1024),
 # and a tile's probabilities, codes and slots (24 KiB) still fit a 32 KiB L1; 8192 would not
 NARROW_BINS = 64  # at most this many bins: the narrow hard kernel (slots 2 bin + y < 128)
