@@ -3,7 +3,8 @@
 The evaluator is the one ``python -m monai.bundle run inference`` builds (``infer#evaluator``
 in ``configs/inference_pred.yaml``: sliding-window softmax, MONAI ``Invertd`` back to each
 image's original grid, ``SaveImaged``); this layer picks the checkpoint and loads it safely
-(``torch.load(weights_only=True)``, foreign bundles refused), chooses the cases, writes each
+(``torch.load(weights_only=True)``, foreign bundles refused), chooses the cases, optionally maps
+the label maps back to the dataset's raw label values (MONAI ``MapLabelValue``), and writes each
 file atomically into ``<run>/predictions/`` (a local folder or ``s3://``).
 """
 
@@ -13,6 +14,10 @@ import logging
 import os
 import shutil
 import tempfile
+
+import nibabel as nib
+import numpy as np
+from monai.transforms import MapLabelValue
 
 from calibseg import storage, storage_mirror
 from calibseg.bundles import (
@@ -24,8 +29,9 @@ from calibseg.bundles import (
     resolve_data_root,
 )
 from calibseg.bundles.checkpoint import checkpoint_path, load_weights
+from calibseg.data import get_dataset
 
-__all__ = ["predict", "run_dir"]
+__all__ = ["predict", "run_dir", "to_raw_labels"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +49,19 @@ def predict(
     cases: str | list[dict] = "test",
     float16: bool = False,
     data_root: str | None = None,
+    raw_labels: bool = False,
 ) -> str:
     """Predict a split (or given items) with a trained run; return the predictions folder.
 
     Writes ``<run>/predictions/<case>_prob.nii.gz`` (softmax probabilities [x, y, z, C],
     channel last, on the original image grid with the image's affine; float32, or 16-bit
     integers with a scale slope when ``float16``, since NIfTI has no float16) and
-    ``<case>_seg.nii.gz`` (argmax labels, uint8). ``checkpoint``: best | final | last | a path.
-    ``cases``: a split name or data items (``{"case", "image"}``). Each file appears complete
-    or not at all. Raises FileNotFoundError (no checkpoint), ValueError (a refused
-    checkpoint, an unknown split, repeated case ids).
+    ``<case>_seg.nii.gz`` (argmax class indices, uint8; with ``raw_labels`` the dataset's raw
+    label values, the inverse of its ``label_map``: BraTS 2021's enhancing tumour as 4, as its
+    submissions expect). ``checkpoint``: best | final | last | a path. ``cases``: a split name or
+    data items (``{"case", "image"}``). Each file appears complete or not at all. Raises
+    FileNotFoundError (no checkpoint), ValueError (a refused checkpoint, an unknown split,
+    repeated case ids, a ``label_map`` that cannot be inverted).
     """
     require_bundle(bundle)
     run = run_dir(bundle, seed, run_name)
@@ -87,17 +96,41 @@ def predict(
         },
     )
     try:
+        raw = (
+            get_dataset(parser.get_parsed_content("dataset")).raw_label_map() if raw_labels else {}
+        )
         network = parser.get_parsed_content("network_def")
         load_weights(network, ckpt, local_bundle)  # refused before anything is written
         network.to(parser.get_parsed_content("device")).eval()
         storage.makedirs(out_dir)
         parser.get_parsed_content("infer#evaluator").run()
+        if raw:
+            for name in os.listdir(staging):
+                if name.endswith("_seg.nii.gz"):
+                    to_raw_labels(os.path.join(staging, name), raw)
         for name in sorted(os.listdir(staging)):
             _publish(os.path.join(staging, name), storage.join(out_dir, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("wrote %d predictions to %s", len(items), storage.redact(out_dir))
     return out_dir
+
+
+def to_raw_labels(path: str, raw: dict[int, int]) -> None:
+    """Rewrite the local label map ``path`` (NIfTI of class indices) with raw label values:
+    class ``c`` → ``raw[c]``, other classes unchanged (MONAI ``MapLabelValue``); the affine and
+    header are kept, the dtype is uint8 unless a raw value needs int16."""
+    img = nib.load(path)
+    labels = np.asarray(img.dataobj)
+    dtype = np.uint8 if max(raw.values(), default=0) <= 255 else np.int16
+    mapped = MapLabelValue(orig_labels=list(raw), target_labels=list(raw.values()), dtype=dtype)(
+        labels
+    )
+    out = nib.Nifti1Image(np.asarray(mapped, dtype), img.affine, img.header)
+    out.set_data_dtype(dtype)
+    tmp = path + ".part.nii.gz"
+    nib.save(out, tmp)
+    os.replace(tmp, path)
 
 
 def _publish(local: str, target: str) -> None:

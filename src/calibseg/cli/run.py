@@ -88,6 +88,12 @@ def register(app: typer.Typer) -> None:
             "--data-root",
             help="Dataset root (default: $CALIBSEG_DATA_<NAME>, else the bundle's recorded root).",
         ),
+        raw_labels: bool = typer.Option(
+            False,
+            "--raw-labels",
+            help="Write <case>_seg with the dataset's raw label values (BraTS: enhancing tumour 4) "
+            "instead of class indices.",
+        ),
     ) -> None:
         """Predict a split with a trained run: <case>_prob.nii.gz (x, y, z, C) and <case>_seg.nii.gz.
 
@@ -109,5 +115,6 @@ def register(app: typer.Typer) -> None:
             cases=split,
             float16=float16,
             data_root=data_root,
+            raw_labels=raw_labels,
         )
         console.print(f"predictions: [bold]{redact(out)}[/]", soft_wrap=True)

@@ -42,6 +42,30 @@ class DatasetSpec:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def raw_label_map(self) -> dict[int, int]:
+        """Class index → raw label value, the inverse of ``label_map`` (BraTS 2021: ``{3: 4}``);
+        ``{}`` when the dataset's raw labels are its class indices.
+
+        Raises ValueError when ``label_map`` cannot be inverted: two raw values on one class, or a
+        class index left as it is that is also a raw value moved to another class.
+        """
+        moved = {r: c for r, c in (self.label_map or {}).items() if r != c}
+        inverse: dict[int, int] = {}
+        for raw, cls in sorted(moved.items()):
+            if cls in inverse:
+                raise ValueError(
+                    f"{self.name}: label_map {self.label_map} sends raw labels {inverse[cls]} and "
+                    f"{raw} to class {cls}; raw labels cannot be recovered."
+                )
+            inverse[cls] = raw
+        for cls in range(self.num_classes):
+            if cls not in inverse and cls in moved:
+                raise ValueError(
+                    f"{self.name}: class {cls} is also the raw label moved to class {moved[cls]} "
+                    f"by label_map {self.label_map}; raw labels cannot be recovered."
+                )
+        return inverse
+
     @property
     def env_var(self) -> str:
         """Environment variable naming the data root: ``CALIBSEG_DATA_<NAME>``."""
