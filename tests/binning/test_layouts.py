@@ -207,3 +207,33 @@ def test_channel_last_staging_for_every_class_count(classes: int) -> None:
         soft = compute_bin_stats(p, y, 20, soft=True)
         for a, b in ((soft.weight, ref.weight), (soft.sum_p, ref.sum_p), (soft.sum_gt, ref.sum_gt)):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("classes", [2, 3, 4])
+def test_channel_last_pairs_with_soft_and_bad_values(classes: int) -> None:
+    """Channel-last float predictions with channel-last targets (binned in memory order,
+    unstaged; half predictions staged): spans holding soft targets give torch's sums, and
+    values outside [0, 1] or NaN anywhere are reported, as for inputs stored class by class."""
+    p0, labels = _realistic((2, classes, 21, 19, 17), seed=20 + classes)
+    y0 = F.one_hot(labels, classes).movedim(-1, 1).float()
+    y0[1, 0, 3, 4, 5] = 0.25  # image 1, not the first span
+    y0[0, classes - 1, 20, 18, 16] = 0.5  # the last voxel
+    for p, y in (
+        (_channel_last(p0), _channel_last(y0)),
+        (_channel_last(p0.double()), _channel_last(y0)),
+        (_channel_last(p0.half()), _channel_last(y0.half())),  # staged (half predictions)
+    ):
+        s = compute_bin_stats(p, y, 20)
+        ref = B._compute_bin_stats_torch(p.float().contiguous(), y.float().contiguous(), 20)
+        assert torch.equal(s.weight, ref.weight) and torch.equal(s.sum_gt, ref.sum_gt), p.dtype
+        torch.testing.assert_close(s.sum_p, ref.sum_p, rtol=1e-10, atol=1e-9)
+    cases = [
+        ("p", (1, 1, 10, 10, 10), float("nan"), "NaN"),
+        ("p", (0, 0, 2, 3, 4), 1.5, r"y_pred must lie in \[0, 1\]"),
+        ("y", (1, classes - 1, 1, 1, 1), -0.5, r"y must lie in \[0, 1\]"),
+    ]
+    for which, where, value, match in cases:
+        p1, y1 = p0.clone(), y0.clone()
+        (p1 if which == "p" else y1)[where] = value
+        with pytest.raises(ValueError, match=match):
+            compute_bin_stats(_channel_last(p1), _channel_last(y1), 20)
