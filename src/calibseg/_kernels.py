@@ -20,8 +20,8 @@ count; one thread for small inputs). Serial kernels compile about three times fa
 them too. Each unit visits its voxels in spans and, inside a span, every class before moving
 on, so a channel-last tensor is read in its memory order (all classes of a voxel from the same
 cache lines) and a channel-first one row by row; channel-last predictions with channel-last
-targets are binned in that order without staging (:func:`hard_hist_narrow`). Each unit fills its own histograms, which are
-summed at the end (no atomics, no shared writes).
+targets are binned in that order without staging (:func:`hard_hist_narrow`). Each unit fills
+its own histograms, which are summed at the end (no atomics, no shared writes).
 
 Hard binning gives indices equal to ``torch.bucketize`` on float32 values bit for bit. Up to
 ``NARROW_BINS`` bins, the bin is ``floor(p K)`` computed in loops over tiles of ``TILE``
@@ -520,7 +520,7 @@ def interleaved_pair(p, y, nc, span):
     stored channel-last with the same 2 to 4 classes (class stride 1, voxel stride ``nc``) and
     visited in spans of one tile: :func:`hard_hist_narrow` then bins them in memory order,
     unstaged. (Half-precision predictions stay staged: widened into a scratch for memory order
-    they were no faster, 0.99-1.01x in paired medians.)"""
+    they showed no reliable gain, 0.99-1.05x in paired medians of seven runs.)"""
     packed = (p[-2] == 1) & (p[-1] == nc) & (y[-2] == 1) & (y[-1] == nc)
     return packed & (nc >= 2) & (nc <= 4) & (span == TILE) & (p[3] == DIRECT) & (y[3] != WIDE)
 
