@@ -520,7 +520,7 @@ def interleaved_pair(p, y, nc, span):
     stored channel-last with the same 2 to 4 classes (class stride 1, voxel stride ``nc``) and
     visited in spans of one tile: :func:`hard_hist_narrow` then bins them in memory order,
     unstaged. (Half-precision predictions stay staged: widened into a scratch for memory order
-    they showed no reliable gain, 0.99-1.05x in paired medians of seven runs.)"""
+    they showed no reliable gain, 0.98-1.05x in paired medians of nine runs.)"""
     packed = (p[-2] == 1) & (p[-1] == nc) & (y[-2] == 1) & (y[-1] == nc)
     return packed & (nc >= 2) & (nc <= 4) & (span == TILE) & (p[3] == DIRECT) & (y[3] != WIDE)
 
