@@ -722,8 +722,9 @@ def exact_slots(pt, idx, tn, lo, hi, every):
 @njit(inline="always")
 def _slots(pt, yt, idx, n, kf, tau):
     """``idx[i] = 2 bin + (code & 1)`` of ``pt[i]``, ``yt[i]`` for ``i < n`` (bin guessed by
-    :func:`_guess`, bit 7 set near an edge), vectorised; returns the largest bit pattern of
-    ``pt``, the largest code and whether any value lies near an edge."""
+    :func:`_guess`, bit 7 set near an edge), vectorised; returns ``(failed, near)``: whether a
+    check failed (a bit pattern of ``pt`` above that of 1: outside [0, 1], negative or NaN; a
+    code above 1) and whether any value lies near an edge."""
     pb = bits(pt)
     mxp = pb[0]
     mxy = yt[0]
@@ -737,7 +738,7 @@ def _slots(pt, yt, idx, n, kf, tau):
         near = near | nr
         nbit = np.uint8(nr) << np.uint8(7)  # flags a value near an edge
         idx[i] = np.uint8(g + g) + (r & np.uint8(1)) | nbit
-    return mxp, mxy, near
+    return (mxp > one_bits(pt)) | (mxy > 1), near
 
 
 @njit(inline="always")
@@ -812,6 +813,8 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
     pbyt, pw = source_bytes(p)
     ybyt, yw = source_bytes(y)
     nb = (n + block - 1) // block
+    mem = interleaved_pair(p, y, n_cls, span)
+    mn = n_cls * TILE if mem else 1
     for u in range(u0, u1):
         b = u // nb
         s = (u % nb) * block
@@ -823,8 +826,6 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
         ps = aligned_empty(n_cls, TILE, p[0].dtype)
         ys = aligned_empty(n_cls, TILE, np.uint8)
         yv = aligned_empty(1, TILE, np.float64)[0]
-        mem = interleaved_pair(p, y, n_cls, span)
-        mn = n_cls * TILE if mem else 1
         ym = aligned_empty(1, mn, np.uint8)[0]
         im = aligned_empty(1, mn, np.uint8)[0]
         bp = 0
@@ -836,8 +837,8 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
                 o = b * p[-3] + s0 * n_cls
                 pv = p[0][o : o + m]
                 yc = run_codes(y, b * y[-3] + s0 * n_cls, m, ym)
-                mxp, mxy, near = _slots(pv, yc, im, m, kf, tau)
-                if not ((mxp > one_bits(pv)) | (mxy > 1)):
+                failed, near = _slots(pv, yc, im, m, kf, tau)
+                if not failed:
                     if tau == 0 or near:
                         exact_slots(pv, im, m, lo, hi, tau == 0)
                     _scatter_classes(im, pv, hc, hp, e0 - s0, k2, p, y, b, s0, pbyt, pw, ybyt, yw)
@@ -854,9 +855,9 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
                     tn = t1 - t0
                     pt = ps[c, :tn] if pk else stage(p, b, c, t0, tn, ps[0])
                     yt = ys[c, :tn] if yk else stage_codes(y, b, c, t0, tn, ys[0])
-                    mxp, mxy, near = _slots(pt, yt, idx, tn, kf, tau)
+                    failed, near = _slots(pt, yt, idx, tn, kf, tau)
                     nonbin = 0
-                    if (mxp > one_bits(pt)) | (mxy > 1):  # exact counts, this tile
+                    if failed:  # exact counts, this tile
                         target_values(y, b, c, t0, tn, yv)
                         cp, cy, nonbin = exact_counts(pt, yv, tn)
                         bp += cp

@@ -8,7 +8,6 @@ up to interpolation at boundaries, and the saved files carry the original affine
 from __future__ import annotations
 
 import os
-import textwrap
 
 import nibabel as nib
 import numpy as np
@@ -56,9 +55,7 @@ def _label(seed: int) -> np.ndarray:
 
 
 @pytest.fixture
-def anisotropic_lps_bundle(tmp_path, monkeypatch):
-    from calibseg.bundles import create_bundle
-
+def anisotropic_lps_bundle(tmp_path, standin_bundle):
     root = tmp_path / "amos"
     for d in ("imagesTr", "labelsTr"):
         (root / d).mkdir(parents=True)
@@ -67,38 +64,19 @@ def anisotropic_lps_bundle(tmp_path, monkeypatch):
         img = (-100.0 + 100.0 * lab).astype(np.float32)
         nib.save(nib.Nifti1Image(img, AFFINE), root / "imagesTr" / f"amos_{i + 1:04d}.nii.gz")
         nib.save(nib.Nifti1Image(lab, AFFINE), root / "labelsTr" / f"amos_{i + 1:04d}.nii.gz")
-    mod = tmp_path / "mods"
-    mod.mkdir()
-    (mod / "standin_net.py").write_text(textwrap.dedent(STANDIN))
-    monkeypatch.syspath_prepend(str(mod))
-    overrides = {
-        "common#roi_size": [16, 16, 16],
-        "common#network_def": {
-            "_target_": "standin_net.OneHotOfInput",
-            "num_classes": "@num_classes",
-            "levels": LEVELS,
-        },
+    network = {
+        "_target_": "standin_net.OneHotOfInput",
+        "num_classes": "@num_classes",
+        "levels": LEVELS,
     }
-    bundle = create_bundle(
-        "amos22",
-        "baseline_ce",
-        out=str(tmp_path / "bundles"),
-        data_root=str(root),
-        overrides=overrides,
-    )
+    bundle, _ = standin_bundle("amos22", root, "standin_net", STANDIN, network)
     return bundle, root
 
 
 def test_predict_inverts_spacing_and_orientation(anisotropic_lps_bundle):
-    import torch
-
-    from calibseg.bundles import bundle_hash
     from calibseg.bundles.runner import predict
 
     bundle, root = anisotropic_lps_bundle
-    ckpt = os.path.join(bundle, "standin", "checkpoints", "best.pt")
-    os.makedirs(os.path.dirname(ckpt))
-    torch.save({"model": {}, "bundle_hash": bundle_hash(bundle)}, ckpt)
     items = [
         {"case": f"amos_{i + 1:04d}", "image": str(root / "imagesTr" / f"amos_{i + 1:04d}.nii.gz")}
         for i in range(3)

@@ -11,7 +11,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-import textwrap
 
 import nibabel as nib
 import numpy as np
@@ -58,9 +57,7 @@ def _thresholds(index: np.ndarray) -> list[float]:
 
 
 @pytest.fixture
-def brats_bundle(tmp_path, monkeypatch):
-    from calibseg.bundles import bundle_hash, create_bundle
-
+def brats_bundle(tmp_path, standin_bundle):
     raw = _raw_label()
     index = np.searchsorted(RAW, raw).astype(np.uint8)
     root = tmp_path / "brats"
@@ -71,30 +68,12 @@ def brats_bundle(tmp_path, monkeypatch):
         for m in ("t1", "t1ce", "t2", "flair"):
             nib.save(nib.Nifti1Image(img, AFFINE), root / case / f"{case}_{m}.nii.gz")
         nib.save(nib.Nifti1Image(raw, AFFINE), root / case / f"{case}_seg.nii.gz")
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    (mods / "standin_classes.py").write_text(textwrap.dedent(STANDIN))
-    monkeypatch.syspath_prepend(str(mods))
-    overrides = {
-        "common#roi_size": [16, 16, 16],
-        "common#network_def": {
-            "_target_": "standin_classes.ClassOfInput",
-            "num_classes": "@num_classes",
-            "thresholds": _thresholds(index),
-        },
+    network = {
+        "_target_": "standin_classes.ClassOfInput",
+        "num_classes": "@num_classes",
+        "thresholds": _thresholds(index),
     }
-    bundle = create_bundle(
-        "brats21",
-        "baseline_ce",
-        out=str(tmp_path / "bundles"),
-        data_root=str(root),
-        overrides=overrides,
-    )
-    import torch
-
-    ckpt = os.path.join(bundle, "standin", "checkpoints", "best.pt")
-    os.makedirs(os.path.dirname(ckpt))
-    torch.save({"model": {}, "bundle_hash": bundle_hash(bundle)}, ckpt)
+    bundle, mods = standin_bundle("brats21", root, "standin_classes", STANDIN, network)
     return bundle, root, mods
 
 

@@ -104,11 +104,9 @@ def predict(
         network.to(parser.get_parsed_content("device")).eval()
         storage.makedirs(out_dir)
         parser.get_parsed_content("infer#evaluator").run()
-        if raw:
-            for name in os.listdir(staging):
-                if name.endswith("_seg.nii.gz"):
-                    to_raw_labels(os.path.join(staging, name), raw)
         for name in sorted(os.listdir(staging)):
+            if raw and name.endswith("_seg.nii.gz"):
+                to_raw_labels(os.path.join(staging, name), raw)
             _publish(os.path.join(staging, name), storage.join(out_dir, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
