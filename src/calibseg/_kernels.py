@@ -516,13 +516,12 @@ def target_values(src, b, c, t0, tn, out):
 
 @njit(inline="always")
 def interleaved_pair(p, y, nc, span):
-    """True when predictions (float32/float64) and targets (not multi-byte integers) are both
+    """True when predictions (any float dtype) and targets (not multi-byte integers) are both
     stored channel-last with the same 2 to 4 classes (class stride 1, voxel stride ``nc``) and
     visited in spans of one tile: :func:`hard_hist_narrow` then bins them in memory order,
-    unstaged. (Half-precision predictions stay staged: widened into a scratch for memory order
-    they showed no reliable gain, 0.98-1.05x in paired medians of nine runs.)"""
+    unstaged (half-precision predictions widened by the slot loop, :func:`half_slots`)."""
     packed = (p[-2] == 1) & (p[-1] == nc) & (y[-2] == 1) & (y[-1] == nc)
-    return packed & (nc >= 2) & (nc <= 4) & (span == TILE) & (p[3] == DIRECT) & (y[3] != WIDE)
+    return packed & (nc >= 2) & (nc <= 4) & (span == TILE) & (p[3] != WIDE) & (y[3] != WIDE)
 
 
 @njit(nogil=True)
@@ -720,12 +719,13 @@ def exact_slots(pt, idx, tn, lo, hi, every):
 
 
 @njit(inline="always")
-def _slots(pt, yt, idx, n, kf, tau):
-    """``idx[i] = 2 bin + (code & 1)`` of ``pt[i]``, ``yt[i]`` for ``i < n`` (bin guessed by
-    :func:`_guess`, bit 7 set near an edge), vectorised; returns ``(failed, near)``: whether a
-    check failed (a bit pattern of ``pt`` above that of 1: outside [0, 1], negative or NaN; a
-    code above 1) and whether any value lies near an edge."""
-    pb = bits(pt)
+def _slot_loop(pv, pb, one, conv, yt, idx, n, kf, tau, out, keep):
+    """``idx[i] = 2 bin + (code & 1)`` of the prediction ``conv(pv[i])`` (float32) and the code
+    ``yt[i]`` for ``i < n`` (bin guessed by :func:`_guess`, bit 7 set near an edge), vectorised;
+    the float32 values also written to ``out`` if ``keep`` (a constant at each call site).
+    ``pb``: the bit patterns of ``pv``, ``one`` that of 1. Returns ``(failed, near)``: whether
+    a check failed (a pattern above that of 1: outside [0, 1], negative or NaN; a code above 1)
+    and whether any value lies near an edge."""
     mxp = pb[0]
     mxy = yt[0]
     near = False
@@ -734,11 +734,32 @@ def _slots(pt, yt, idx, n, kf, tau):
         r = yt[i]
         mxp = q if q > mxp else mxp
         mxy = r if r > mxy else mxy
-        g, nr = _guess(np.float32(pt[i]), kf, tau)
+        v = np.float32(conv(pv[i], 0))
+        if keep:
+            out[i] = v
+        g, nr = _guess(v, kf, tau)
         near = near | nr
         nbit = np.uint8(nr) << np.uint8(7)  # flags a value near an edge
         idx[i] = np.uint8(g + g) + (r & np.uint8(1)) | nbit
-    return (mxp > one_bits(pt)) | (mxy > 1), near
+    return (mxp > one) | (mxy > 1), near
+
+
+@njit(inline="always")
+def _slots(pt, yt, idx, n, kf, tau):
+    """:func:`_slot_loop` of float32/float64 predictions ``pt`` read in place."""
+    return _slot_loop(pt, bits(pt), one_bits(pt), _as_stored, yt, idx, n, kf, tau, pt, False)
+
+
+@njit(nogil=True)
+def half_slots(h, kind, yt, idx, n, kf, tau, out):
+    """:func:`_slot_loop` of half-precision patterns ``h[:n]`` (``kind``: FLOAT16 or
+    BFLOAT16), widened in the loop itself and written to ``out[:n]`` (float32) for the
+    updates: no separate staging pass."""
+    wide_vectors()
+    one = half_one(kind)
+    if kind == BFLOAT16:
+        return _slot_loop(h, h, one, _from_bf16, yt, idx, n, kf, tau, out, True)
+    return _slot_loop(h, h, one, _from_f16, yt, idx, n, kf, tau, out, True)
 
 
 @njit(inline="always")
@@ -785,8 +806,9 @@ def _scatter_classes(idx, pt, hc, hp, n, k2, p, y, b, s0, pbyt, pw, ybyt, yw):
 def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, block, span, tau):
     """:func:`hard_hist` for up to :data:`NARROW_BINS` bins, one pass over the data.
 
-    Per tile of ``TILE`` voxels of one class, probabilities are read in place (or staged
-    contiguously in L1 when strided or half precision) and targets as one-byte codes
+    Per tile of ``TILE`` voxels of one class, probabilities are read in place (staged
+    contiguously in L1 when strided; half-precision ones with unit voxel stride widened by the
+    slot loop itself, :func:`half_slots`) and targets as one-byte codes
     (:func:`_code`: 0, 1, or 2 for anything else; one-byte targets as stored). One vectorised
     loop computes ``2 * bin + (code & 1)`` into a uint8 scratch, the bin as ``floor(p K)``
     (subnormal ``p`` taken as the smallest normal number: same bin, no slow multiply), bit 7
@@ -799,7 +821,7 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
     common case of confident predictions, do not serialise on one slot), from which counts,
     target sums and probability sums are read.
 
-    Float predictions and targets both stored channel-last with 2 to 4 classes
+    Predictions and targets both stored channel-last with 2 to 4 classes
     (:func:`interleaved_pair`) are not staged: the slots of a span's values are computed in
     memory order (all classes at once, elementwise), and each class's updates read its slots
     and values with a constant stride. A span that fails a check goes through the staged rows.
@@ -815,6 +837,7 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
     nb = (n + block - 1) // block
     mem = interleaved_pair(p, y, n_cls, span)
     mn = n_cls * TILE if mem else 1
+    half = p[3] != DIRECT
     for u in range(u0, u1):
         b = u // nb
         s = (u % nb) * block
@@ -828,6 +851,7 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
         yv = aligned_empty(1, TILE, np.float64)[0]
         ym = aligned_empty(1, mn, np.uint8)[0]
         im = aligned_empty(1, mn, np.uint8)[0]
+        pm = aligned_empty(1, mn if half else 1, p[0].dtype)[0]
         bp = 0
         by = 0
         for s0 in range(s, e, span):
@@ -835,9 +859,13 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
             if mem:  # channel-last p and y: slots in memory order, strided updates, no staging
                 m = (e0 - s0) * n_cls
                 o = b * p[-3] + s0 * n_cls
-                pv = p[0][o : o + m]
                 yc = run_codes(y, b * y[-3] + s0 * n_cls, m, ym)
-                failed, near = _slots(pv, yc, im, m, kf, tau)
+                if half:  # widened by the slot loop into pm
+                    pv = pm[:m]
+                    failed, near = half_slots(p[1][o : o + m], p[3], yc, im, m, kf, tau, pv)
+                else:
+                    pv = p[0][o : o + m]
+                    failed, near = _slots(pv, yc, im, m, kf, tau)
                 if not failed:
                     if tau == 0 or near:
                         exact_slots(pv, im, m, lo, hi, tau == 0)
@@ -853,9 +881,16 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
                 for t0 in range(s0, e0, TILE):
                     t1 = min(t0 + TILE, e0)
                     tn = t1 - t0
-                    pt = ps[c, :tn] if pk else stage(p, b, c, t0, tn, ps[0])
                     yt = ys[c, :tn] if yk else stage_codes(y, b, c, t0, tn, ys[0])
-                    failed, near = _slots(pt, yt, idx, tn, kf, tau)
+                    if half and not pk and p[-1] == 1:  # widened by the slot loop
+                        oh = b * p[-3] + c * p[-2] + t0
+                        pt = ps[0, :tn]
+                        failed, near = half_slots(
+                            p[1][oh : oh + tn], p[3], yt, idx, tn, kf, tau, pt
+                        )
+                    else:
+                        pt = ps[c, :tn] if pk else stage(p, b, c, t0, tn, ps[0])
+                        failed, near = _slots(pt, yt, idx, tn, kf, tau)
                     nonbin = 0
                     if failed:  # exact counts, this tile
                         target_values(y, b, c, t0, tn, yv)

@@ -211,9 +211,10 @@ def test_channel_last_staging_for_every_class_count(classes: int) -> None:
 
 @pytest.mark.parametrize("classes", [2, 3, 4])
 def test_channel_last_pairs_with_soft_and_bad_values(classes: int) -> None:
-    """Channel-last float predictions with channel-last targets (binned in memory order,
-    unstaged; half predictions staged): spans holding soft targets give torch's sums, and
-    values outside [0, 1] or NaN anywhere are reported, as for inputs stored class by class."""
+    """Channel-last predictions with channel-last targets (binned in memory order, unstaged;
+    half predictions widened by the slot loop): spans holding soft targets give torch's sums,
+    and values outside [0, 1] or NaN anywhere are reported, as for inputs stored class by
+    class."""
     p0, labels = _realistic((2, classes, 21, 19, 17), seed=20 + classes)
     y0 = F.one_hot(labels, classes).movedim(-1, 1).float()
     y0[1, 0, 3, 4, 5] = 0.25  # image 1, not the first span
@@ -221,7 +222,8 @@ def test_channel_last_pairs_with_soft_and_bad_values(classes: int) -> None:
     for p, y in (
         (_channel_last(p0), _channel_last(y0)),
         (_channel_last(p0.double()), _channel_last(y0)),
-        (_channel_last(p0.half()), _channel_last(y0.half())),  # staged (half predictions)
+        (_channel_last(p0.half()), _channel_last(y0.half())),
+        (_channel_last(p0.bfloat16()), _channel_last(y0)),
     ):
         s = compute_bin_stats(p, y, 20)
         ref = B._compute_bin_stats_torch(p.float().contiguous(), y.float().contiguous(), 20)
@@ -232,8 +234,9 @@ def test_channel_last_pairs_with_soft_and_bad_values(classes: int) -> None:
         ("p", (0, 0, 2, 3, 4), 1.5, r"y_pred must lie in \[0, 1\]"),
         ("y", (1, classes - 1, 1, 1, 1), -0.5, r"y must lie in \[0, 1\]"),
     ]
-    for which, where, value, match in cases:
-        p1, y1 = p0.clone(), y0.clone()
-        (p1 if which == "p" else y1)[where] = value
-        with pytest.raises(ValueError, match=match):
-            compute_bin_stats(_channel_last(p1), _channel_last(y1), 20)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for which, where, value, match in cases:
+            p1, y1 = p0.to(dtype, copy=True), y0.clone()
+            (p1 if which == "p" else y1)[where] = value
+            with pytest.raises(ValueError, match=match):
+                compute_bin_stats(_channel_last(p1), _channel_last(y1), 20)
