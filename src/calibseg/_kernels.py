@@ -483,25 +483,26 @@ def stage_codes(src, b, c, t0, tn, scratch):
 
 
 @njit(nogil=True)
-def fill_code_rows(src, b, t0, tn, rows):
-    """:func:`fill_rows` for targets: the codes (:func:`_code`, uint8 ``rows``) of channel-last
-    data of 2 to 4 classes in one pass over its memory; False, nothing done, for other layouts
-    and 2- or 4-byte integers."""
+def fill_code_rows(src, b, t0, tn, rows, scratch):
+    """:func:`fill_rows` for targets: the codes (uint8 ``rows``) of channel-last data of 2 to 4
+    classes, computed in memory order by :func:`run_codes` (elementwise; one-byte data as
+    stored, floats and half patterns into ``scratch``, ``[tn C]`` uint8), then dealt out to the
+    rows (a byte de-interleave): cheaper than de-interleaving the wider values themselves
+    (docs/benchmarks.md). 8-byte integers are coded while de-interleaved. False, nothing done,
+    for other layouts and 2- or 4-byte integers."""
     wide_vectors()
-    f, h, u, kind, width = src[0], src[1], src[2], src[3], src[4]
+    u, kind, width = src[2], src[3], src[4]
     nc = rows.shape[0]
     o = _packed_start(src, b, t0, tn, rows)
     if o < 0:
         return False
     m = tn * nc
-    if kind == DIRECT:
-        _rows_small(bits(f[o : o + m]), rows, tn, _code, one_bits(f))
-    elif kind == WIDE:
-        if width != 8:
-            return False
+    if kind != WIDE:
+        _rows_small(run_codes(src, o, m, scratch), rows, tn, _as_stored, 0)
+    elif width == 8:
         _rows_small(u.view(np.uint64)[o : o + m], rows, tn, _code, np.uint64(1))
     else:
-        _rows_small(h[o : o + m], rows, tn, _code, half_one(kind))
+        return False
     return True
 
 
@@ -849,7 +850,7 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
         ps = aligned_empty(n_cls, TILE, p[0].dtype)
         ys = aligned_empty(n_cls, TILE, np.uint8)
         yv = aligned_empty(1, TILE, np.float64)[0]
-        ym = aligned_empty(1, mn, np.uint8)[0]
+        ym = aligned_empty(1, min(n_cls, 4) * TILE, np.uint8)[0]  # codes in memory order
         im = aligned_empty(1, mn, np.uint8)[0]
         pm = aligned_empty(1, mn if half else 1, p[0].dtype)[0]
         bp = 0
@@ -873,7 +874,7 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
                     continue
                 # a check failed: the span is read again through the staged rows below
             pk = fill_rows(p, b, s0, e0 - s0, ps)
-            yk = fill_code_rows(y, b, s0, e0 - s0, ys)
+            yk = fill_code_rows(y, b, s0, e0 - s0, ys, ym)
             for c in range(n_cls):
                 hcc = hc[c]
                 hpc = hp[c]
