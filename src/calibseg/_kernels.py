@@ -486,23 +486,15 @@ def stage_codes(src, b, c, t0, tn, scratch):
 def fill_code_rows(src, b, t0, tn, rows, scratch):
     """:func:`fill_rows` for targets: the codes (uint8 ``rows``) of channel-last data of 2 to 4
     classes, computed in memory order by :func:`run_codes` (elementwise; one-byte data as
-    stored, floats and half patterns into ``scratch``, ``[tn C]`` uint8), then dealt out to the
-    rows (a byte de-interleave): cheaper than de-interleaving the wider values themselves
-    (docs/benchmarks.md). 8-byte integers are coded while de-interleaved. False, nothing done,
-    for other layouts and 2- or 4-byte integers."""
+    stored, anything else into ``scratch``, ``[tn C]`` uint8), then dealt out to the rows (a
+    byte de-interleave): cheaper than de-interleaving the wider values themselves
+    (docs/benchmarks.md). False, nothing done, for other layouts."""
     wide_vectors()
-    u, kind, width = src[2], src[3], src[4]
     nc = rows.shape[0]
     o = _packed_start(src, b, t0, tn, rows)
     if o < 0:
         return False
-    m = tn * nc
-    if kind != WIDE:
-        _rows_small(run_codes(src, o, m, scratch), rows, tn, _as_stored, 0)
-    elif width == 8:
-        _rows_small(u.view(np.uint64)[o : o + m], rows, tn, _code, np.uint64(1))
-    else:
-        return False
+    _rows_small(run_codes(src, o, tn * nc, scratch), rows, tn, _as_stored, 0)
     return True
 
 
@@ -517,23 +509,32 @@ def target_values(src, b, c, t0, tn, out):
 
 @njit(inline="always")
 def interleaved_pair(p, y, nc, span):
-    """True when predictions (any float dtype) and targets (not multi-byte integers) are both
-    stored channel-last with the same 2 to 4 classes (class stride 1, voxel stride ``nc``) and
-    visited in spans of one tile: :func:`hard_hist_narrow` then bins them in memory order,
-    unstaged (half-precision predictions widened by the slot loop, :func:`half_slots`)."""
+    """True when predictions and targets are both stored channel-last with the same 2 to 4
+    classes (class stride 1, voxel stride ``nc``) and visited in spans of one tile:
+    :func:`hard_hist_narrow` then bins them in memory order, unstaged (half-precision
+    predictions widened by the slot loop, :func:`half_slots`; targets coded by
+    :func:`run_codes`)."""
     packed = (p[-2] == 1) & (p[-1] == nc) & (y[-2] == 1) & (y[-1] == nc)
-    return packed & (nc >= 2) & (nc <= 4) & (span == TILE) & (p[3] != WIDE) & (y[3] != WIDE)
+    return packed & (nc >= 2) & (nc <= 4) & (span == TILE)
 
 
 @njit(nogil=True)
 def run_codes(src, o, m, scratch):
     """Target codes (:func:`_code`) of elements ``o … o + m`` of a source's array (memory
-    order): one-byte data as stored, floats and half patterns converted into ``scratch``."""
+    order): one-byte data as stored; floats, half patterns and wider integers converted into
+    ``scratch``."""
     wide_vectors()
-    f, h, kind = src[0], src[1], src[3]
+    f, h, u, kind, width = src[0], src[1], src[2], src[3], src[4]
     if kind == DIRECT:
         return codes_of(f, o, m, scratch)
-    _strided(h[o : o + m], 0, 1, m, scratch, _code, half_one(kind))
+    if kind != WIDE:
+        _strided(h[o : o + m], 0, 1, m, scratch, _code, half_one(kind))
+    elif width == 8:
+        _strided(u.view(np.uint64)[o : o + m], 0, 1, m, scratch, _code, np.uint64(1))
+    elif width == 4:
+        _strided(u.view(np.uint32)[o : o + m], 0, 1, m, scratch, _code, np.uint32(1))
+    else:
+        _strided(u.view(np.uint16)[o : o + m], 0, 1, m, scratch, _code, np.uint16(1))
     return scratch[:m]
 
 

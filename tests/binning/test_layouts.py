@@ -240,3 +240,14 @@ def test_channel_last_pairs_with_soft_and_bad_values(classes: int) -> None:
             (p1 if which == "p" else y1)[where] = value
             with pytest.raises(ValueError, match=match):
                 compute_bin_stats(_channel_last(p1), _channel_last(y1), 20)
+    # integer one-hot views (8-byte targets, coded in memory order): MONAI's counts; a value
+    # other than 0 and 1 in any span is reported
+    yi = F.one_hot(labels, classes).movedim(-1, 1)
+    s = compute_bin_stats(_channel_last(p0), yi, 20)
+    assert torch.equal(s.weight, _monai_counts(p0, yi, 20, False).long())
+    for value in (2, -1):
+        y1 = yi.clone()
+        assert y1.stride() == yi.stride()
+        y1[1, 0, 3, 4, 5] = value
+        with pytest.raises(ValueError, match=r"target must lie in \[0, 1\], got integer"):
+            compute_bin_stats(_channel_last(p0), y1, 20)
