@@ -456,17 +456,24 @@ def _code(v, one):
 def gather_codes(src, o, tn, scratch):
     """``scratch[:tn]`` = the codes (:func:`_code`) of a source's values from element ``o``."""
     wide_vectors()
-    f, h, u, kind, width, sb, sc, sn = src
+    _codes_into(src, o, tn, src[-1], scratch)
+
+
+@njit(inline="always")
+def _codes_into(src, o, n, sn, scratch):
+    """``scratch[:n]`` = the codes (:func:`_code`) of a source's elements ``o + i sn`` (every
+    kind; ``sn`` the constant 1 at a call site makes the loops vectorised)."""
+    f, h, u, kind, width = src[0], src[1], src[2], src[3], src[4]
     if kind == DIRECT:
-        _strided(bits(f), o, sn, tn, scratch, _code, one_bits(f))
+        _strided(bits(f), o, sn, n, scratch, _code, one_bits(f))
     elif kind != WIDE:
-        _strided(h, o, sn, tn, scratch, _code, half_one(kind))
+        _strided(h, o, sn, n, scratch, _code, half_one(kind))
     elif width == 2:
-        _strided(u.view(np.uint16), o, sn, tn, scratch, _code, np.uint16(1))
+        _strided(u.view(np.uint16), o, sn, n, scratch, _code, np.uint16(1))
     elif width == 4:
-        _strided(u.view(np.uint32), o, sn, tn, scratch, _code, np.uint32(1))
+        _strided(u.view(np.uint32), o, sn, n, scratch, _code, np.uint32(1))
     else:
-        _strided(u.view(np.uint64), o, sn, tn, scratch, _code, np.uint64(1))
+        _strided(u.view(np.uint64), o, sn, n, scratch, _code, np.uint64(1))
 
 
 @njit(inline="always")
@@ -524,17 +531,9 @@ def run_codes(src, o, m, scratch):
     order): one-byte data as stored; floats, half patterns and wider integers converted into
     ``scratch``."""
     wide_vectors()
-    f, h, u, kind, width = src[0], src[1], src[2], src[3], src[4]
-    if kind == DIRECT:
-        return codes_of(f, o, m, scratch)
-    if kind != WIDE:
-        _strided(h[o : o + m], 0, 1, m, scratch, _code, half_one(kind))
-    elif width == 8:
-        _strided(u.view(np.uint64)[o : o + m], 0, 1, m, scratch, _code, np.uint64(1))
-    elif width == 4:
-        _strided(u.view(np.uint32)[o : o + m], 0, 1, m, scratch, _code, np.uint32(1))
-    else:
-        _strided(u.view(np.uint16)[o : o + m], 0, 1, m, scratch, _code, np.uint16(1))
+    if src[3] == DIRECT:
+        return codes_of(src[0], o, m, scratch)
+    _codes_into(src, o, m, 1, scratch)
     return scratch[:m]
 
 
