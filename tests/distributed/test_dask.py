@@ -104,6 +104,28 @@ def test_run_training_jobs_serial_and_on_workers(gpu_cluster):
         run_training_jobs([("x", str, {}), ("x", str, {})])
 
 
+def _exit_slowly(x: int) -> int:
+    """A task after which its worker process takes 4.5 s to exit (the exit handlers that
+    multiprocessing runs before the process ends), as torch + MONAI workers do on a slow CPU."""
+    import time
+    from multiprocessing.util import Finalize
+
+    Finalize(None, time.sleep, args=(4.5,), exitpriority=0)
+    return x + 1
+
+
+def test_local_cluster_lets_slow_exiting_workers_exit_by_themselves(caplog):
+    """Workers slower to exit than the 4 s a nanny grants them finish their exit: no kill, no
+    warning, results intact."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="distributed"):
+        done = map_cases(_exit_slowly, [1, 2], workers=2, progress=False)
+    assert done == [2, 3]
+    killed = [r.getMessage() for r in caplog.records if "still alive" in r.getMessage()]
+    assert killed == []
+
+
 def test_submit_training_refuses_a_bare_bundle_path():
     with pytest.raises(TypeError, match="not a bundle path"):
         submit_training("bundles/synthetic_baseline_ce_00000000")

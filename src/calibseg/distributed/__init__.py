@@ -80,8 +80,22 @@ def get_client(
     try:
         with Client(cluster) as client:
             yield client
+        # workers that imported torch and MONAI take longer to exit than the 4 s a nanny grants
+        # them when the cluster closes (they would be killed, with warnings and a heartbeat
+        # traceback): on a normal exit stop them first, giving each this long to exit by itself
+        cluster.sync(_close_workers, cluster, WORKER_EXIT_SECONDS)
     finally:
         cluster.close()
+
+
+WORKER_EXIT_SECONDS = 30.0
+
+
+async def _close_workers(cluster: Any, timeout: float) -> None:
+    """Close a LocalCluster's nannies, each waiting up to ``timeout`` s for its worker's exit."""
+    import asyncio
+
+    await asyncio.gather(*(w.close(timeout=timeout) for w in list(cluster.workers.values())))
 
 
 def _progress_bar(total: int, description: str):
