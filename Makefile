@@ -36,11 +36,16 @@ $(NNUNET_STAMP): $(STAMP) constraints/nnunet.txt requirements/nnunet-cpu.txt
 demo: $(STAMP)
 	$(VENV)/bin/calibseg demo
 
+# one pytest-xdist worker process per core (conftest gives each one thread); a test module runs
+# in one worker, so its module-scoped fixtures are built once
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+
 test: $(TEST_DEPS)
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: $(TEST_DEPS)
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks experiments

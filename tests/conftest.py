@@ -2,13 +2,15 @@
 
 import os
 
+# under pytest-xdist (make test: one worker process per core) each worker gets one thread
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 os.environ.setdefault("MPLBACKEND", "Agg")
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(min(THREADS, torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)
