@@ -29,5 +29,5 @@ def test_ace_decreases_when_trained(cls):
         losses.append(loss.item())
     assert max(losses[-5:]) < 0.5 * losses[0]
     # the learned slope moves from 6 towards the calibrated 1
-    slope = float(model.weight[1] - model.weight[0]) / 2
+    slope = (model.weight[1] - model.weight[0]).item() / 2
     assert 0.5 < slope < 2.0
