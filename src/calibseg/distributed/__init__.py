@@ -4,7 +4,8 @@ Three modes, chosen by the arguments of :func:`get_client` / :func:`map_cases`:
 
 - ``scheduler="tcp://HOST:PORT"``: use that running cluster;
 - ``workers=N``: a ``LocalCluster(n_workers=N, threads_per_worker=1, processes=True)``
-  started for the call and closed afterwards;
+  started for the call and closed afterwards, its workers set up for long torch tasks
+  (:data:`LOCAL_WORKER_CONFIG`; each given :data:`WORKER_EXIT_SECONDS` to exit);
 - neither: in-process, no cluster (a plain loop).
 
 Functions and their arguments must be picklable (module-level functions,
