@@ -23,6 +23,20 @@ __all__ = ["get_client", "map_cases", "submit_training", "run_training_jobs", "r
 
 log = logging.getLogger(__name__)
 
+# seconds each local worker gets to exit by itself when the cluster closes (:func:`get_client`)
+WORKER_EXIT_SECONDS = 30.0
+
+# Local workers run long torch tasks (training, inference), not many small array tasks:
+# - no MALLOC_TRIM_THRESHOLD_: setting it (Dask sets 64 KiB) switches off glibc's adaptive mmap
+#   threshold, so every large tensor is a fresh mmap whose pages fault in again (the demo on a
+#   2-core EPYC: 408 s of its 1414 s CPU time in the kernel, epochs 13-14 s instead of 8 s);
+# - no statistical profiler: it samples the task's stack every 10 ms and contends for the GIL.
+# A variable set in the caller's environment still reaches the workers.
+LOCAL_WORKER_CONFIG: dict[str, Any] = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
+
 
 def resolve_mode(scheduler: str | None = None, workers: int | None = None) -> str:
     """``"scheduler"``, ``"local"`` or ``"inprocess"`` for the given options (validated)."""
@@ -90,20 +104,6 @@ def get_client(
         cluster.sync(_close_workers, cluster, WORKER_EXIT_SECONDS)
     finally:
         cluster.close()
-
-
-WORKER_EXIT_SECONDS = 30.0
-
-# Local workers run long torch tasks (training, inference), not many small array tasks:
-# - no MALLOC_TRIM_THRESHOLD_: setting it (Dask sets 64 KiB) switches off glibc's adaptive mmap
-#   threshold, so every large tensor is a fresh mmap whose pages fault in again (the demo on a
-#   2-core EPYC: 408 s of its 1414 s CPU time in the kernel, epochs 13-14 s instead of 8 s);
-# - no statistical profiler: it samples the task's stack every 10 ms and contends for the GIL.
-# A variable set in the caller's environment still reaches the workers.
-LOCAL_WORKER_CONFIG: dict[str, Any] = {
-    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-    "distributed.worker.profile.enabled": False,
-}
 
 
 async def _close_workers(cluster: Any, timeout: float) -> None:
