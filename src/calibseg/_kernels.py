@@ -202,6 +202,29 @@ def _as_float32(typingctx, u):
     return sig, codegen
 
 
+@intrinsic
+def widened8(typingctx, arr, i):
+    """``arr[i : i + 8]`` (1-D float32 or float64, unit stride, in bounds: not checked) as a
+    tuple of eight float64: one unaligned vector load, widened exactly, where eight scalar
+    loads would compete with the histogram updates for the CPU's load ports."""
+    sig = types.UniTuple(types.float64, 8)(arr, i)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        elt = ptr.type.pointee
+        wide = isinstance(elt, ir.DoubleType)
+        vptr = builder.bitcast(ptr, ir.VectorType(elt, 8).as_pointer())
+        vec = builder.load(vptr, align=8 if wide else 4)
+        if not wide:
+            vec = builder.fpext(vec, ir.VectorType(ir.DoubleType(), 8))
+        vals = [builder.extract_element(vec, ir.Constant(ir.IntType(32), k)) for k in range(8)]
+        return context.make_tuple(builder, signature.return_type, vals)
+
+    return sig, codegen
+
+
 @njit(inline="always")
 def bf16_to_f32(x):
     """The float32 value of a bfloat16 bit pattern ``x`` (shifted into the high half)."""
@@ -764,30 +787,46 @@ def half_slots(h, kind, yt, idx, n, kf, tau, out):
 
 
 @njit(inline="always")
-def _scatter(idx, pt, hcc, hpc, n, k2, nc, ahead):
+def _scatter(idx, pt, hcc, hpc, n, nc, ahead):
     """Add 1 and ``pt[nc i]`` to slot ``idx[nc i]`` of sub-histogram ``i % LANES2`` of one
-    class (``hcc``, ``hpc``) for ``i < n``; ``nc`` (1: rows, 2 to 4: memory order of
-    channel-last data) is a constant at each call site, so that the stride is an address
-    offset. ``ahead``: the next tile's prefetch (:func:`ahead_step` arguments)."""
+    class (``hcc``, ``hpc``: slot-major, element ``LANES2 slot + lane``) for ``i < n``.
+    ``nc`` (1: rows, 2 to 4: memory order of channel-last data) is a constant at each call
+    site, so that the stride is an address offset. With unit stride, each step reads its eight
+    slots as one word and its eight values as one vector (:func:`widened8`): three loads
+    instead of sixteen beside the updates' sixteen (docs/benchmarks.md). ``ahead``: the next
+    tile's prefetch (:func:`ahead_step` arguments)."""
     pbyt, op, pw, ybyt, oy, yw = ahead
+    lanes = np.uintp(LANES2)
     tq = (n // LANES2) * LANES2
-    for i0 in range(0, tq, LANES2):
-        ahead_step(pbyt, op, pw, i0)
-        ahead_step(ybyt, oy, yw, i0)
-        for ln in range(LANES2):
-            q = np.uintp(nc) * np.uintp(i0 + ln)
-            j = np.uintp(idx[q]) + np.uintp(ln * k2)
-            hcc[j] += 1
-            hpc[j] += pt[q]
+    if nc == 1:
+        words = idx.view(np.uint64)  # LANES2 == 8 slots per word, little-endian
+        for i0 in range(0, tq, LANES2):
+            ahead_step(pbyt, op, pw, i0)
+            ahead_step(ybyt, oy, yw, i0)
+            w = words[i0 >> 3]
+            v = widened8(pt, i0)
+            for ln in range(LANES2):
+                j = np.uintp((w >> np.uint64(8 * ln)) & np.uint64(255)) * lanes + np.uintp(ln)
+                hcc[j] += 1
+                hpc[j] += v[ln]
+    else:
+        for i0 in range(0, tq, LANES2):
+            ahead_step(pbyt, op, pw, i0)
+            ahead_step(ybyt, oy, yw, i0)
+            for ln in range(LANES2):
+                q = np.uintp(nc) * np.uintp(i0 + ln)
+                j = np.uintp(idx[q]) * lanes + np.uintp(ln)
+                hcc[j] += 1
+                hpc[j] += pt[q]
     for i in range(tq, n):
         q = np.uintp(nc) * np.uintp(i)
-        j = np.uintp(idx[q])
+        j = np.uintp(idx[q]) * lanes
         hcc[j] += 1
         hpc[j] += pt[q]
 
 
 @njit(inline="always")
-def _scatter_classes(idx, pt, hc, hp, n, k2, p, y, b, s0, pbyt, pw, ybyt, yw):
+def _scatter_classes(idx, pt, hc, hp, n, p, y, b, s0, pbyt, pw, ybyt, yw):
     """:func:`_scatter` of every class of a channel-last span of ``n`` voxels binned in memory
     order (slots ``idx`` and values ``pt`` of ``n × C`` elements), prefetching the next span."""
     nc = hc.shape[0]
@@ -796,11 +835,11 @@ def _scatter_classes(idx, pt, hc, hp, n, k2, p, y, b, s0, pbyt, pw, ybyt, yw):
         oy = ahead_start(ybyt, yw, next_tile(y, b, c, s0, True), n)
         ahead = (pbyt, op, pw, ybyt, oy, yw)
         if nc == 2:
-            _scatter(idx[c:], pt[c:], hc[c], hp[c], n, k2, 2, ahead)
+            _scatter(idx[c:], pt[c:], hc[c], hp[c], n, 2, ahead)
         elif nc == 3:
-            _scatter(idx[c:], pt[c:], hc[c], hp[c], n, k2, 3, ahead)
+            _scatter(idx[c:], pt[c:], hc[c], hp[c], n, 3, ahead)
         else:
-            _scatter(idx[c:], pt[c:], hc[c], hp[c], n, k2, 4, ahead)
+            _scatter(idx[c:], pt[c:], hc[c], hp[c], n, 4, ahead)
 
 
 @njit(cache=True, nogil=True)
@@ -818,8 +857,9 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
     negative or NaN) and the largest code. A tile that fails a check is counted exactly from
     its values read again (bad values; non-binary targets added separately); flagged values get
     exact bins (``torch.bucketize`` semantics). A scalar loop then adds 1 and ``p`` to
-    ``2 LANES2 K`` slots (``LANES2`` interleaved sub-histograms: runs of voxels in one bin, the
-    common case of confident predictions, do not serialise on one slot), from which counts,
+    ``2 LANES2 K`` slots (``LANES2`` interleaved sub-histograms, voxel ``i`` in ``i % LANES2``:
+    runs of voxels in one bin, the common case of confident predictions, do not serialise on
+    one slot; stored slot-major, so that a lane is a constant offset), from which counts,
     target sums and probability sums are read.
 
     Predictions and targets both stored channel-last with 2 to 4 classes
@@ -870,7 +910,7 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
                 if not failed:
                     if tau == 0 or near:
                         exact_slots(pv, im, m, lo, hi, tau == 0)
-                    _scatter_classes(im, pv, hc, hp, e0 - s0, k2, p, y, b, s0, pbyt, pw, ybyt, yw)
+                    _scatter_classes(im, pv, hc, hp, e0 - s0, p, y, b, s0, pbyt, pw, ybyt, yw)
                     continue
                 # a check failed: the span is read again through the staged rows below
             pk = fill_rows(p, b, s0, e0 - s0, ps)
@@ -902,7 +942,7 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
                         exact_slots(pt, idx, tn, lo, hi, tau == 0)
                     op = ahead_start(pbyt, pw, next_tile(p, b, c, t0, pk), tn)
                     oy = ahead_start(ybyt, yw, next_tile(y, b, c, t0, yk), tn)
-                    _scatter(idx, pt, hcc, hpc, tn, k2, 1, (pbyt, op, pw, ybyt, oy, yw))
+                    _scatter(idx, pt, hcc, hpc, tn, 1, (pbyt, op, pw, ybyt, oy, yw))
                     if nonbin:  # the targets themselves, minus the (code & 1) counted in hc
                         for i in range(tn):
                             j = np.uintp(idx[i] >> 1)
@@ -911,10 +951,10 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
         for c in range(n_cls):
             for ln in range(LANES2):
                 for j in range(k):
-                    a = ln * k2 + 2 * j
-                    part_c[u, c, j] += hc[c, a] + hc[c, a + 1]
-                    part_y[u, c, j] += hc[c, a + 1]
-                    part_p[u, c, j] += hp[c, a] + hp[c, a + 1]
+                    a = 2 * j * LANES2 + ln  # slots 2 j (y = 0) and 2 j + 1 (y = 1) of lane ln
+                    part_c[u, c, j] += hc[c, a] + hc[c, a + LANES2]
+                    part_y[u, c, j] += hc[c, a + LANES2]
+                    part_p[u, c, j] += hp[c, a] + hp[c, a + LANES2]
             for j in range(k):
                 part_y[u, c, j] += hy[c, j]
         bad[u, 0] = bp
