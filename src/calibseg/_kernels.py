@@ -1074,13 +1074,15 @@ def soft_hist_kernel(u0, u1, dims, p, y, inv_width, k, part_w, part_p, part_y, b
     Per tile, a vectorised loop computes each value's lower bin and upper-bin share (float64)
     and ``2 * lower bin + (y != 0)``, with the bit-pattern checks of :func:`hard_hist_narrow`;
     a scalar loop then adds the two shares and the shares times ``p`` to ``LANES2``
-    interleaved sub-histograms of ``2 K`` slots, whose odd slots give the target sums of binary
-    targets. Tiles with non-binary targets add their targets separately.
+    interleaved sub-histograms of ``2 K`` slots (slot-major, read as in :func:`_scatter`),
+    whose odd slots give the target sums of binary targets. Tiles with non-binary targets add their targets separately.
     """
     wide_vectors()
     n_img, n_cls, n = dims
     k2 = 2 * k
     step = np.uintp(2) if k > 1 else np.uintp(0)  # slot of the upper bin, from the lower
+    lanes = np.uintp(LANES2)
+    up = step * lanes  # the same in the slot-major sub-histograms
     pbyt, pw = source_bytes(p)
     ybyt, yw = source_bytes(y)
     nb = (n + block - 1) // block
@@ -1092,6 +1094,7 @@ def soft_hist_kernel(u0, u1, dims, p, y, inv_width, k, part_w, part_p, part_y, b
         hp = np.zeros((n_cls, LANES2 * k2), np.float64)
         hy = np.zeros((n_cls, k), np.float64)
         idx = aligned_empty(1, TILE, np.uint8)[0]
+        words = idx.view(np.uint64)  # LANES2 == 8 slots per word, little-endian
         frs = aligned_empty(1, TILE, np.float64)[0]
         ps = aligned_empty(n_cls, TILE, p[0].dtype)
         ys = aligned_empty(n_cls, TILE, y[0].dtype)
@@ -1127,25 +1130,28 @@ def soft_hist_kernel(u0, u1, dims, p, y, inv_width, k, part_w, part_p, part_y, b
                     for i0 in range(0, tq, LANES2):
                         ahead_step(pbyt, op, pw, i0)
                         ahead_step(ybyt, oy, yw, i0)
+                        w = words[i0 >> 3]
+                        frv = widened8(frs, i0)
+                        pv = widened8(pt, i0)
                         for ln in range(LANES2):
-                            i = i0 + ln
-                            j = np.uintp(idx[i]) + np.uintp(ln * k2)
-                            fr = frs[i]
+                            j = np.uintp((w >> np.uint64(8 * ln)) & np.uint64(255)) * lanes
+                            j += np.uintp(ln)
+                            fr = frv[ln]
                             a = 1.0 - fr
-                            v = np.float64(pt[i])
+                            v = pv[ln]
                             hwc[j] += a
-                            hwc[j + step] += fr
+                            hwc[j + up] += fr
                             hpc[j] += a * v
-                            hpc[j + step] += fr * v
+                            hpc[j + up] += fr * v
                     for i in range(tq, tn):
-                        j = np.uintp(idx[i])
+                        j = np.uintp(idx[i]) * lanes
                         fr = frs[i]
                         a = 1.0 - fr
                         v = np.float64(pt[i])
                         hwc[j] += a
-                        hwc[j + step] += fr
+                        hwc[j + up] += fr
                         hpc[j] += a * v
-                        hpc[j + step] += fr * v
+                        hpc[j + up] += fr * v
                     if nonbin:  # the targets themselves, minus the (y != 0) counted in hw
                         for i in range(tn):
                             lo = np.uintp(idx[i] >> 1)
@@ -1156,10 +1162,10 @@ def soft_hist_kernel(u0, u1, dims, p, y, inv_width, k, part_w, part_p, part_y, b
         for c in range(n_cls):
             for ln in range(LANES2):
                 for j in range(k):
-                    a = ln * k2 + 2 * j
-                    part_w[u, c, j] += hw[c, a] + hw[c, a + 1]
-                    part_y[u, c, j] += hw[c, a + 1]
-                    part_p[u, c, j] += hp[c, a] + hp[c, a + 1]
+                    a = 2 * j * LANES2 + ln  # slots 2 j (y = 0) and 2 j + 1 (y = 1) of lane ln
+                    part_w[u, c, j] += hw[c, a] + hw[c, a + LANES2]
+                    part_y[u, c, j] += hw[c, a + LANES2]
+                    part_p[u, c, j] += hp[c, a] + hp[c, a + LANES2]
             for j in range(k):
                 part_y[u, c, j] += hy[c, j]
         bad[u, 0] = bp
