@@ -206,7 +206,13 @@ def _as_float32(typingctx, u):
 def widened8(typingctx, arr, i):
     """``arr[i : i + 8]`` (1-D float32 or float64, unit stride, in bounds: not checked) as a
     tuple of eight float64: one unaligned vector load, widened exactly, where eight scalar
-    loads would compete with the histogram updates for the CPU's load ports."""
+    loads would compete with the histogram updates for the CPU's load ports. Typed only for
+    1-D C-contiguous arrays (a compile error otherwise, never a wrong read)."""
+    floats = (types.float32, types.float64)
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"):
+        return None
+    if arr.dtype not in floats or not isinstance(i, types.Integer):
+        return None
     sig = types.UniTuple(types.float64, 8)(arr, i)
 
     def codegen(context, builder, signature, args):

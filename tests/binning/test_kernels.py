@@ -174,3 +174,26 @@ def test_half_patterns_widen_like_torch() -> None:
         ref = torch.from_numpy(bits.view(np.int16)).view(dtype).float()
         same = (ours.view(torch.int32) == ref.view(torch.int32)) | (ours.isnan() & ref.isnan())
         assert bool(same.all()), (dtype, int((~same).sum()))
+
+
+def test_widened8_reads_eight_values_and_refuses_strided_arrays() -> None:
+    from numba import njit
+    from numba.core.errors import TypingError
+
+    @njit
+    def read(a, i):
+        return kern.widened8(a, i)
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        a = rng.random(21).astype(dtype)
+        a[5] = np.finfo(dtype).tiny / 4  # a subnormal survives the widening exactly
+        for i in (0, 3, 13):  # unaligned starts too
+            assert read(a, i) == tuple(float(v) for v in a[i : i + 8].astype(np.float64))
+
+    @njit
+    def read_strided(a):
+        return kern.widened8(a[::2], 0)
+
+    with pytest.raises(TypingError):
+        read_strided(np.zeros(32, np.float32))
