@@ -55,6 +55,7 @@ from numba.extending import intrinsic, overload  # noqa: E402
 
 LANES = 4
 LANES2 = 8  # sub-histograms of the narrow hard kernel (breaks same-bin update chains)
+assert LANES2 == 8, "the update loops read the slots of one step as one 8-byte word"
 TILE = 4096  # voxels of one class handled at once (bins, codes, staging): 1-7 % faster than
 # 2048 on every layout row (fewer tiles: less fixed cost per tile; 2048 beat 512 and 1024),
 # and a tile's probabilities, codes and slots (24 KiB) still fit a 32 KiB L1; 8192 would not
@@ -1081,7 +1082,8 @@ def soft_hist_kernel(u0, u1, dims, p, y, inv_width, k, part_w, part_p, part_y, b
     and ``2 * lower bin + (y != 0)``, with the bit-pattern checks of :func:`hard_hist_narrow`;
     a scalar loop then adds the two shares and the shares times ``p`` to ``LANES2``
     interleaved sub-histograms of ``2 K`` slots (slot-major, read as in :func:`_scatter`),
-    whose odd slots give the target sums of binary targets. Tiles with non-binary targets add their targets separately.
+    whose odd slots give the target sums of binary targets. Tiles with non-binary targets add
+    their targets separately.
     """
     wide_vectors()
     n_img, n_cls, n = dims
