@@ -178,12 +178,14 @@ def test_inputs_are_read_in_place_without_copies(monkeypatch) -> None:
         (torch.int32, 257),
         (torch.int64, 256),
         (torch.int64, -1),
+        (torch.int64, 2**32),  # low 32 bits 0
+        (torch.int64, 2**32 + 1),  # low 32 bits 1
     ],
 )
 def test_integer_targets_outside_0_1_are_refused_in_any_layout(dtype, bad: int) -> None:
-    """The kernel reads integer targets itself (no min/max pass); a value whose low byte is 0 or
-    1 but which is not (256, 257, or -1 in two's complement) is refused too, with or without
-    validate."""
+    """The kernel reads integer targets itself (no min/max pass); a value whose low byte or low
+    32 bits are 0 or 1 but which is not (256, 257, 2^32, 2^32 + 1, or -1 in two's complement)
+    is refused too, with or without validate."""
     p, labels = _realistic((1, 3, 12, 10, 8), seed=5)
     y = F.one_hot(labels, 3).movedim(-1, 1).to(dtype)  # channel-last view
     y[0, 1, 4, 5, 6] = bad
