@@ -813,6 +813,30 @@ def half_slots(h, kind, yt, idx, n, kf, tau, out):
 
 
 @njit(inline="always")
+def _lane_slot(w, ln):
+    """Element ``LANES2 slot + ln`` of slot-major sub-histograms for the slot in byte ``ln`` of
+    ``w`` (the slots of ``LANES2`` consecutive values read as one little-endian word)."""
+    return np.uintp((w >> np.uint64(8 * ln)) & np.uint64(255)) * np.uintp(LANES2) + np.uintp(ln)
+
+
+@njit(inline="always")
+def _add_lanes(u, hw, hp, hy, part_w, part_p, part_y):
+    """Add a unit's slot-major sub-histograms (``hw`` weights or counts, ``hp`` probability
+    sums, ``[C, LANES2 2 K]``; slots ``2 j`` and ``2 j + 1`` hold bin ``j`` with target 0 and 1)
+    to its partials ``[u, C, K]``, lane by lane; the target sums are the odd slots' weights plus
+    ``hy [C, K]`` (non-binary targets)."""
+    for c in range(hw.shape[0]):
+        for ln in range(LANES2):
+            for j in range(hy.shape[1]):
+                a = 2 * j * LANES2 + ln
+                part_w[u, c, j] += hw[c, a] + hw[c, a + LANES2]
+                part_y[u, c, j] += hw[c, a + LANES2]
+                part_p[u, c, j] += hp[c, a] + hp[c, a + LANES2]
+        for j in range(hy.shape[1]):
+            part_y[u, c, j] += hy[c, j]
+
+
+@njit(inline="always")
 def _scatter(idx, pt, hcc, hpc, n, nc, ahead):
     """Add 1 and ``pt[nc i]`` to slot ``idx[nc i]`` of sub-histogram ``i % LANES2`` of one
     class (``hcc``, ``hpc``: slot-major, element ``LANES2 slot + lane``) for ``i < n``.
@@ -832,7 +856,7 @@ def _scatter(idx, pt, hcc, hpc, n, nc, ahead):
             w = words[i0 >> 3]
             v = widened8(pt, i0)
             for ln in range(LANES2):
-                j = np.uintp((w >> np.uint64(8 * ln)) & np.uint64(255)) * lanes + np.uintp(ln)
+                j = _lane_slot(w, ln)
                 hcc[j] += 1
                 hpc[j] += v[ln]
     else:
@@ -974,15 +998,7 @@ def hard_hist_narrow(u0, u1, dims, p, y, lo, hi, part_c, part_p, part_y, bad, bl
                             j = np.uintp(idx[i] >> 1)
                             hyc[j] += yv[i]
                             hyc[j] -= idx[i] & 1
-        for c in range(n_cls):
-            for ln in range(LANES2):
-                for j in range(k):
-                    a = 2 * j * LANES2 + ln  # slots 2 j (y = 0) and 2 j + 1 (y = 1) of lane ln
-                    part_c[u, c, j] += hc[c, a] + hc[c, a + LANES2]
-                    part_y[u, c, j] += hc[c, a + LANES2]
-                    part_p[u, c, j] += hp[c, a] + hp[c, a + LANES2]
-            for j in range(k):
-                part_y[u, c, j] += hy[c, j]
+        _add_lanes(u, hc, hp, hy, part_c, part_p, part_y)
         bad[u, 0] = bp
         bad[u, 1] = by
 
@@ -1161,8 +1177,7 @@ def soft_hist_kernel(u0, u1, dims, p, y, inv_width, k, part_w, part_p, part_y, b
                         frv = widened8(frs, i0)
                         pv = widened8(pt, i0)
                         for ln in range(LANES2):
-                            j = np.uintp((w >> np.uint64(8 * ln)) & np.uint64(255)) * lanes
-                            j += np.uintp(ln)
+                            j = _lane_slot(w, ln)
                             fr = frv[ln]
                             a = 1.0 - fr
                             v = pv[ln]
@@ -1186,15 +1201,7 @@ def soft_hist_kernel(u0, u1, dims, p, y, inv_width, k, part_w, part_p, part_y, b
                             d = np.float64(yt[i]) - np.float64(idx[i] & 1)
                             hyc[lo] += (1.0 - fr) * d
                             hyc[lo + (step >> 1)] += fr * d
-        for c in range(n_cls):
-            for ln in range(LANES2):
-                for j in range(k):
-                    a = 2 * j * LANES2 + ln  # slots 2 j (y = 0) and 2 j + 1 (y = 1) of lane ln
-                    part_w[u, c, j] += hw[c, a] + hw[c, a + LANES2]
-                    part_y[u, c, j] += hw[c, a + LANES2]
-                    part_p[u, c, j] += hp[c, a] + hp[c, a + LANES2]
-            for j in range(k):
-                part_y[u, c, j] += hy[c, j]
+        _add_lanes(u, hw, hp, hy, part_w, part_p, part_y)
         bad[u, 0] = bp
         bad[u, 1] = by
 
